@@ -1,0 +1,127 @@
+"""``taskpack`` command line: the composition root that wires pipeline, search and compilers.
+
+Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 runtime failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.errors import InputError, TaskpackError
+
+log = logging.getLogger("taskpack")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage already; keep its message to one line plus usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", type=Path, help="recipe YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.epochs=1 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="taskpack", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="check a recipe and print what it would run")
+    _add_recipe_args(p)
+
+    p = sub.add_parser("run", help="run a recipe: learn every task, track it in MLflow")
+    _add_recipe_args(p)
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+    p = sub.add_parser("data", help="data sets")
+    dsub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    f = dsub.add_parser("fetch", help="fetch a data set into the cache (no network at run time)")
+    f.add_argument("name", choices=["mnist", "fashion-mnist"])
+    f.add_argument("--cache-dir", type=Path, default=None)
+
+    p = sub.add_parser("schema", help="write the recipe JSON schema")
+    p.add_argument("--out", type=Path, default=Path("recipes/schema.json"))
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.recipe import load_recipe
+
+    r = load_recipe(args.recipe, args.overrides)
+    print(f"ok: {r.name}: stream {r.benchmark.stream} ({r.benchmark.tasks or 'all'} tasks), "
+          f"model {r.model.arch}, method {r.method.kind}, targets "
+          f"{', '.join(t.name for t in r.targets)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pipeline.progress import Bars
+    from pipeline.recipe import load_recipe
+    from pipeline.report import summary_table
+    from pipeline.runner import run_recipe
+    from pipeline.tracking import NoopTracker, build_tracker
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
+    with Bars() as bars:
+        result = run_recipe(recipe, tracker, bars)
+    out = Console()
+    out.print(summary_table(result))
+    out.print(f"run folder: {result.run_dir}")
+    if result.where:
+        out.print(f"MLflow run {result.run_id}: {result.where}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from pipeline.data import fetch
+
+    path = fetch(args.name, args.cache_dir)
+    print(f"{args.name}: {path}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pipeline.recipe import recipe_json_schema
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(recipe_json_schema())
+    print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "data": cmd_data, "schema": cmd_schema}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except TaskpackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Evaluation from committed state, and the accuracy matrix with ACC, BWT, FWT (methods.md §5)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from pipeline.data import Split
+from pipeline.models import ContinualNet
+
+
+@torch.no_grad()
+def snapshot_logits(model: ContinualNet, snapshot: dict[str, torch.Tensor], task: int,
+                    x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits of ``task`` computed only from its committed tensors, in fixed batches.
+
+    Masked layers run in ``dense`` mode with the snapshot's (already masked) weights swapped in,
+    so nothing the live model holds for later tasks can leak in. Batches are fixed because BN
+    with batch statistics makes outputs depend on the batch.
+    """
+    prunable = {f"{n}.weight" for n in model.masked_layers()}
+    missing = prunable - snapshot.keys()
+    if missing:
+        raise ValueError(f"snapshot of task {task} lacks prunable weights {sorted(missing)}")
+    was_training = model.training
+    model.eval()
+    model.set_mode("dense")
+    try:
+        outs = [functional_call(model, snapshot, (x[i:i + batch_size],), {"task": task},
+                                strict=False)
+                for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def evaluate_snapshot(model: ContinualNet, snapshot: dict[str, torch.Tensor], task: int,
+                      split: Split, batch_size: int) -> tuple[float, float]:
+    """(accuracy in %, mean cross-entropy) of a committed task on a split."""
+    logits = snapshot_logits(model, snapshot, task, split.x, batch_size)
+    return _acc_loss(logits, split.y)
+
+
+@torch.no_grad()
+def evaluate_live(model: ContinualNet, task: int, split: Split,
+                  batch_size: int) -> tuple[float, float]:
+    """(accuracy %, loss) of the model as it is now (e.g. masks from scores during training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = torch.cat([model(split.x[i:i + batch_size], task)
+                            for i in range(0, len(split), batch_size)])
+    finally:
+        model.train(was_training)
+    return _acc_loss(logits, split.y)
+
+
+def _acc_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    if len(y) == 0:
+        return math.nan, math.nan
+    acc = 100.0 * (logits.argmax(1) == y).double().mean().item()
+    return acc, F.cross_entropy(logits, y).item()
+
+
+@dataclass
+class AccuracyMatrix:
+    """R[i][j] = test accuracy (%) on task j after learning task i, re-measured every time.
+
+    ``before[j]`` is task j's accuracy just before it is trained (its head fresh), and
+    ``baseline[j]`` that of the randomly initialised model; FWT is GEM's definition with them.
+    """
+
+    rows: list[list[float]] = field(default_factory=list)
+    before: list[float] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+
+    def add_row(self, accs: list[float]) -> None:
+        if len(accs) != len(self.rows) + 1:
+            raise ValueError(f"row {len(self.rows)} needs {len(self.rows) + 1} entries, "
+                             f"got {len(accs)}")
+        self.rows.append(list(accs))
+
+    @property
+    def final(self) -> list[float]:
+        return self.rows[-1] if self.rows else []
+
+    def acc(self) -> float:
+        return sum(self.final) / len(self.final) if self.rows else math.nan
+
+    def bwt(self) -> float:
+        t = len(self.rows)
+        if t < 2:
+            return 0.0
+        return sum(self.rows[-1][j] - self.rows[j][j] for j in range(t - 1)) / (t - 1)
+
+    def fwt(self) -> float:
+        t = len(self.rows)
+        if t < 2 or len(self.before) < t or len(self.baseline) < t:
+            return math.nan
+        return sum(self.before[j] - self.baseline[j] for j in range(1, t)) / (t - 1)
+
+    def as_list(self) -> list[list[float | None]]:
+        t = len(self.rows)
+        return [row + [None] * (t - len(row)) for row in self.rows]

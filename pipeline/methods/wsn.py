@@ -1,0 +1,71 @@
+"""WSN (Winning SubNetworks, Kang et al. ICML 2022), methods.md §2.1.
+
+Per layer, a score tensor; each step keeps the top-c fraction of |score| with a straight-through
+gradient. Weights used by earlier tasks (the consolidated mask M_{t-1}) get zero gradient and no
+weight decay; a fresh optimizer per task keeps stale moments from moving them. After training the
+best state is restored and the task's mask is recomputed from the restored scores (the reference
+code keeps the last step's mask instead).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.methods._base import ContinualMethod, TaskMasks
+from pipeline.models import ContinualNet, topc_mask
+
+
+class WSN(ContinualMethod):
+    def __init__(self, model: ContinualNet, density: float) -> None:
+        super().__init__(model)
+        self.density = density
+        layers = model.masked_layers()
+        self.consolidated = {n: torch.zeros_like(m.weight, dtype=torch.bool)
+                             for n, m in layers.items()}
+        self.masks: list[dict[str, torch.Tensor]] = []
+
+    def begin_task(self, task: int) -> None:
+        if task != len(self.masks):
+            raise ValueError(f"tasks must come in order: expected {len(self.masks)}, got {task}")
+        self.model.set_mode("scores", density=self.density)
+
+    def param_groups(self, task: int) -> list[dict]:
+        layers = self.model.masked_layers().values()
+        state = dict(self.model.named_parameters())
+        own = [state[n] for n in self.model.task_param_names(task) if n in state]
+        return [
+            {"params": [m.weight for m in layers], "weight_decay": 0.0},
+            {"params": [m.score for m in layers], "weight_decay": 0.0},
+            {"params": own},
+        ]
+
+    def after_backward(self, task: int) -> None:
+        for name, layer in self.model.masked_layers().items():
+            if layer.weight.grad is not None:
+                layer.weight.grad.masked_fill_(self.consolidated[name], 0.0)
+
+    def end_task(self, task: int) -> TaskMasks:
+        mask, own, shared = {}, {}, {}
+        for name, layer in self.model.masked_layers().items():
+            m = topc_mask(layer.score, self.density)
+            mask[name] = m
+            own[name] = m & ~self.consolidated[name]
+            shared[name] = m & self.consolidated[name]
+            self.consolidated[name] |= m
+        self.masks.append(mask)
+        return TaskMasks(mask, own, shared, self.capacity_stats())
+
+    def capacity_stats(self) -> dict[str, float]:
+        total = sum(m.numel() for m in self.consolidated.values())
+        used = sum(int(m.sum()) for m in self.consolidated.values())
+        return {"union_density": used / total}
+
+    def snapshot(self, task: int) -> dict[str, torch.Tensor]:
+        if not 0 <= task < len(self.masks):
+            raise IndexError(f"task {task} has not ended; {len(self.masks)} task(s) have")
+        out = {f"{n}.weight": (layer.weight.detach() * self.masks[task][n]).clone()
+               for n, layer in self.model.masked_layers().items()}
+        state = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        for name in self.model.task_param_names(task):
+            out[name] = state[name].detach().clone()
+        return out

@@ -1,0 +1,242 @@
+"""The recipe schema: one frozen pydantic model per section (DESIGN.md §4).
+
+Every model forbids unknown keys and is frozen, so a recipe that validated is the recipe that ran.
+Limits live in the types; cross-field rules live in validators whose messages name the field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+STREAMS = (
+    "permuted_mnist",
+    "rotated_mnist",
+    "split_mnist",
+    "split_fmnist",
+    "mnist_fmnist",
+    "split_cifar100",
+    "five_datasets",
+    "tinyimagenet",
+)
+ARCHS = ("mlp", "alexnet", "resnet18", "tinynet")
+BITS = (1, 2, 3, 4, 6, 8, 16, 32)
+_PATTERN = re.compile(r"^(unstructured|channel|(\d+):(\d+)|block\((\d+),\s*(\d+)\))$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BenchmarkConfig(_Section):
+    """Which task stream to learn, and how to cut validation and quick-run subsets."""
+
+    stream: Literal[STREAMS] = "permuted_mnist"  # type: ignore[valid-type]
+    tasks: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="number of tasks; None = the stream's natural count"
+    )
+    classes_per_task: Annotated[int, Field(ge=2)] | None = Field(
+        default=None, description="split streams only (Split CIFAR-100: 10 or 5)"
+    )
+    seed: int = 0
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    train_limit: Annotated[int, Field(ge=10)] | None = Field(
+        default=None, description="keep at most this many training examples per task"
+    )
+    test_limit: Annotated[int, Field(ge=10)] | None = None
+    data_dir: Path | None = Field(
+        default=None, description="folder with local datasets (CIFAR, SVHN, TinyImageNet)"
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="folder of fetched data; default $TASKPACK_DATA or ~/.cache"
+    )
+
+
+class ModelConfig(_Section):
+    """The shared backbone; every task gets its own head."""
+
+    arch: Literal[ARCHS] = "mlp"  # type: ignore[valid-type]
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default=[2000, 2000], min_length=1)
+    width: int = Field(default=20, ge=1, description="resnet18 base width")
+    norm: Literal["none", "stateless", "per_task"] = Field(
+        default="none",
+        description="stateless = BN without affine and without running stats (WSN); "
+        "per_task = one BN per task, stored with the task",
+    )
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    head_bias: bool = True
+
+
+class WSNMethod(_Section):
+    """Winning SubNetworks: per-layer scores, top-c mask, earlier tasks' weights frozen."""
+
+    kind: Literal["wsn"] = "wsn"
+    density: float = Field(default=0.5, gt=0, le=1, description="c: fraction of weights kept")
+
+
+Method = Annotated[WSNMethod, Field(discriminator="kind")]
+
+
+class TrainConfig(_Section):
+    """Per-task training with early stopping on validation loss (WSN schedule)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    lr_min: float = Field(default=1e-6, gt=0)
+    lr_factor: float = Field(default=2.0, gt=1, description="lr is divided by this on a plateau")
+    patience: int = Field(default=6, ge=0)
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    eval_batch_size: int = Field(
+        default=256, ge=1, description="fixed: BN with batch statistics depends on it"
+    )
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    seed: int = 0
+    threads: Annotated[int, Field(ge=1)] | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    @model_validator(mode="after")
+    def _lr_min_below_lr(self) -> TrainConfig:
+        if self.lr_min > self.lr:
+            raise ValueError(f"`lr_min <= lr` must hold, got lr_min={self.lr_min}, lr={self.lr}")
+        return self
+
+
+class LayerPlan(_Section):
+    """How one layer's own weights are compressed: the contract between search and pipeline."""
+
+    sparsity: float = Field(default=0.0, ge=0, lt=1,
+                            description="fraction of own weights removed")
+    pattern: str = Field(default="unstructured",
+                         description="unstructured | n:m | block(h,w) | channel")
+    bits: int = Field(default=32, description=f"one of {BITS}")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_ok(cls, v: str) -> str:
+        m = _PATTERN.match(v.strip())
+        if not m:
+            raise ValueError(
+                f"must be unstructured, channel, n:m or block(h,w), got {v!r}"
+            )
+        if m.group(2) is not None and not 0 < int(m.group(2)) <= int(m.group(3)):
+            raise ValueError(f"n:m needs 0 < n <= m, got {v!r}")
+        if m.group(4) is not None and (int(m.group(4)) < 1 or int(m.group(5)) < 1):
+            raise ValueError(f"block(h,w) needs h, w >= 1, got {v!r}")
+        return v.replace(" ", "")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_ok(cls, v: int) -> int:
+        if v not in BITS:
+            raise ValueError(f"must be one of {list(BITS)}, got {v}")
+        return v
+
+
+class LayerRule(LayerPlan):
+    """A LayerPlan for the layers whose qualified name equals ``match`` or matches it as regex."""
+
+    match: str = Field(min_length=1)
+
+    @field_validator("match")
+    @classmethod
+    def _regex_ok(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+
+class CompressionConfig(_Section):
+    """Default plan plus per-layer rules (exact name first, then regex, then default)."""
+
+    default: LayerPlan = LayerPlan()
+    rules: list[LayerRule] = []
+
+
+class SearchConfig(_Section):
+    """Optuna search over LayerPlans (the search issue fills this in)."""
+
+    enabled: bool = False
+    trials: int = Field(default=16, ge=1)
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    seed: int = 0
+    storage: str | None = None
+
+
+class RPCConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9190, ge=1, le=65535)
+    key: str = Field(min_length=1)
+
+
+class TargetConfig(_Section):
+    """A device to compile for and measure on."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["host", "aarch64", "cuda", "rpc"] = "host"
+    backend: Literal["eager", "tvm"] = "eager"
+    mcpu: str | None = Field(default=None, description="LLVM -mcpu; None = detect the host")
+    tune_trials: int = Field(default=0, ge=0, description="MetaSchedule trials per workload")
+    rpc: RPCConfig | None = None
+
+    @model_validator(mode="after")
+    def _rpc_needs_config(self) -> TargetConfig:
+        if self.kind == "rpc" and self.rpc is None:
+            raise ValueError("a target of kind 'rpc' needs an `rpc` section (host, port, key)")
+        return self
+
+
+class StoreConfig(_Section):
+    path: Path | None = Field(default=None, description="default: <run dir>/store.tpk")
+    bit_budget: int = Field(default=32, ge=1, le=64, description="bits per weight position")
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    experiment: str = "taskpack"
+    artifact_location: str = "mlruns/artifacts"
+
+
+class ExportConfig(_Section):
+    enabled: bool = False
+    dir: Path | None = None
+
+
+class Recipe(_Section):
+    """A whole run: benchmark x model x method x compression x search x targets."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    model: ModelConfig = ModelConfig()
+    method: Method = WSNMethod()
+    train: TrainConfig = TrainConfig()
+    compression: CompressionConfig = CompressionConfig()
+    search: SearchConfig = SearchConfig()
+    targets: list[TargetConfig] = [TargetConfig(name="host")]
+    store: StoreConfig = StoreConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    export: ExportConfig = ExportConfig()
+    output_dir: Path = Field(default=Path("mlruns/runs"), description="run folders go here")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_kind_defaults_to_wsn(cls, v: object) -> object:
+        if isinstance(v, dict) and "kind" not in v:
+            return {"kind": "wsn", **v}
+        return v
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> Recipe:
+        names = [t.name for t in self.targets]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"target names must be unique, got duplicates {dup}")
+        return self

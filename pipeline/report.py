@@ -1,0 +1,79 @@
+"""Run artifacts a person reads: per-task CSV, accuracy-matrix heatmap, summary table."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from pipeline.runner import RunResult
+
+
+def write_artifacts(result: RunResult, run_dir: Path) -> list[Path]:
+    return [write_task_csv(result, run_dir / "tasks.csv"),
+            write_heatmap(result, run_dir / "accuracy_matrix.png")]
+
+
+def write_task_csv(result: RunResult, path: Path) -> Path:
+    final = result.matrix.final
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "name", "acc_at_commit", "acc_final", "val_acc", "epochs",
+                    "train_seconds", "own_weights", "shared_weights"])
+        for rec in result.tasks:
+            own = sum(int(v.sum()) for v in rec.masks.own.values())
+            shared = sum(int(v.sum()) for v in rec.masks.shared.values())
+            w.writerow([rec.index, rec.name, f"{rec.acc_at_commit:.4f}",
+                        f"{final[rec.index]:.4f}", f"{rec.val_acc:.4f}", rec.train.epochs,
+                        f"{rec.train.seconds:.2f}", own, shared])
+    return path
+
+
+def write_heatmap(result: RunResult, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = result.matrix.as_list()
+    t = len(rows)
+    data = np.array([[math.nan if v is None else v for v in r] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * t, 1.0 + 0.5 * t), dpi=120)
+    im = ax.imshow(data, cmap="viridis", vmin=np.nanmin(data) if t else 0, vmax=100)
+    for i in range(t):
+        for j in range(i + 1):
+            ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if data[i, j] < 90 else "black")
+    ax.set_xlabel("evaluated task j")
+    ax.set_ylabel("after learning task i")
+    ax.set_xticks(range(t))
+    ax.set_yticks(range(t))
+    ax.set_title(f"{result.recipe.name}: ACC {result.acc:.2f}%, BWT {result.bwt:+.3f}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def summary_table(result: RunResult) -> Table:
+    table = Table(title=f"{result.recipe.name}: {result.recipe.benchmark.stream}, "
+                        f"{result.recipe.model.arch}, {result.recipe.method.kind}")
+    for col in ("task", "name", "acc at commit", "acc final", "epochs", "train s"):
+        table.add_column(col, justify="right" if col != "name" else "left")
+    final = result.matrix.final
+    for rec in result.tasks:
+        table.add_row(str(rec.index), rec.name, f"{rec.acc_at_commit:.2f}",
+                      f"{final[rec.index]:.2f}", str(rec.train.epochs),
+                      f"{rec.train.seconds:.1f}")
+    table.add_section()
+    table.add_row("ACC", "", "", f"{result.acc:.2f}", "", "")
+    table.add_row("BWT", "", "", f"{result.bwt:+.3f}", "", "")
+    table.add_row("FWT", "", "", f"{result.matrix.fwt():+.2f}", "", "")
+    table.add_row("wall", "", "", f"{result.wall_s:.1f} s", "", "")
+    return table

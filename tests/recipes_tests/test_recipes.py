@@ -1,0 +1,134 @@
+"""Recipes: every shipped recipe validates, the schema file is fresh, bad input names its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import RecipeError
+from pipeline.recipe import (
+    CompressionConfig,
+    LayerPlan,
+    load_recipe,
+    plan_for_layers,
+    recipe_from_dict,
+    recipe_json_schema,
+    recipe_to_yaml,
+)
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate_and_round_trip(path: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(path)
+    again = tmp_path / "again.yaml"
+    again.write_text(recipe_to_yaml(recipe))
+    assert load_recipe(again) == recipe
+
+
+def test_required_recipes_exist() -> None:
+    names = {p.stem for p in RECIPES.glob("*.yaml")}
+    assert {"quickstart", "pmnist-mlp2000", "split-mnist", "split-fmnist"} <= names
+    pm = load_recipe(RECIPES / "pmnist-mlp2000.yaml")
+    assert (pm.benchmark.stream, pm.benchmark.tasks, pm.model.hidden) == (
+        "permuted_mnist", 10, [2000, 2000])
+
+
+def test_schema_json_is_fresh() -> None:
+    assert (RECIPES / "schema.json").read_text() == recipe_json_schema(), (
+        "recipes/schema.json is stale: run `taskpack schema`")
+
+
+def _err(data: dict) -> str:
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict({"name": "t", **data})
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"train": {"lr": -1}}, "train.lr: must be > 0, got -1"),
+        ({"train": {"epochs": 0}}, "train.epochs: must be >= 1, got 0"),
+        ({"train": {"bogus": 1}}, "train.bogus: unknown key"),
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"train": {"epochs": "many"}}, "train.epochs: must be an integer, got 'many'"),
+        ({"benchmark": {"val_fraction": 1.5}}, "benchmark.val_fraction: must be < 1, got 1.5"),
+        ({"benchmark": {"stream": "cifar1000"}}, "benchmark.stream: must be one of"),
+        ({"model": {"arch": "vgg"}}, "model.arch: must be one of"),
+        ({"method": {"kind": "ewc"}}, "method: unknown kind 'ewc'"),
+        ({"method": {"kind": "wsn", "density": 0}}, "method.density: must be > 0, got 0"),
+        ({"train": {"lr": 0.001, "lr_min": 0.01}}, "`lr_min <= lr` must hold"),
+        ({"compression": {"default": {"bits": 5}}}, "compression.default.bits: must be one of"),
+        ({"compression": {"rules": [{"match": "x", "pattern": "block(0,4)"}]}},
+         "compression.rules.0.pattern: block(h,w) needs h, w >= 1"),
+        ({"compression": {"rules": [{"match": "(", "bits": 4}]}},
+         "compression.rules.0.match: not a valid regular expression"),
+        ({"targets": [{"name": "a"}, {"name": "a"}]}, "target names must be unique"),
+        ({"targets": [{"name": "r", "kind": "rpc"}]}, "needs an `rpc` section"),
+    ],
+)
+def test_bad_values_name_their_path(data: dict, expected: str) -> None:
+    assert expected in _err(data)
+
+
+def test_missing_name_and_non_mapping() -> None:
+    with pytest.raises(RecipeError, match="name: required key is missing"):
+        recipe_from_dict({})
+    with pytest.raises(RecipeError, match="must be a YAML mapping, got list"):
+        recipe_from_dict([1, 2])
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe(tmp_path / "nope.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(RecipeError, match="the file is empty"):
+        load_recipe(empty)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain: {lr: [1, 2\n")
+    with pytest.raises(RecipeError, match=r"malformed YAML \(line \d+, column \d+\)"):
+        load_recipe(bad)
+
+
+def test_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ntargets: [{name: host}]\n")
+    r = load_recipe(path, ["train.epochs=2", "model.hidden=[8, 8]", "targets.0.tune_trials=3",
+                           "method.density=0.25"])
+    assert (r.train.epochs, r.model.hidden, r.targets[0].tune_trials, r.method.density) == (
+        2, [8, 8], 3, 0.25)
+    with pytest.raises(RecipeError, match="train.lr: must be > 0, got -1"):
+        load_recipe(path, ["train.lr=-1"])
+    with pytest.raises(RecipeError, match="--set expects key=value"):
+        load_recipe(path, ["train.lr"])
+    with pytest.raises(RecipeError, match="targets.5 is not an index"):
+        load_recipe(path, ["targets.5.name=x"])
+
+
+def test_frozen() -> None:
+    r = recipe_from_dict({"name": "x"})
+    with pytest.raises(Exception, match="frozen"):
+        r.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_plan_resolution_exact_then_regex_then_default() -> None:
+    cfg = CompressionConfig.model_validate({
+        "default": {"sparsity": 0.1, "bits": 8},
+        "rules": [{"match": r"backbone\.\d", "sparsity": 0.5, "pattern": "block(16, 1)"},
+                  {"match": "backbone.4", "bits": 4, "pattern": "2:4"}],
+    })
+    plans = plan_for_layers(cfg, ["backbone.1", "backbone.4", "head"])
+    assert plans["backbone.1"] == LayerPlan(sparsity=0.5, pattern="block(16,1)", bits=32)
+    assert plans["backbone.4"] == LayerPlan(sparsity=0.0, pattern="2:4", bits=4)
+    assert plans["head"] == LayerPlan(sparsity=0.1, pattern="unstructured", bits=8)
+
+
+def test_rule_matching_no_layer_is_an_error() -> None:
+    cfg = CompressionConfig.model_validate({"rules": [{"match": "conv9", "bits": 4}]})
+    with pytest.raises(RecipeError,
+                       match=r"compression.rules\[0\].match: 'conv9' matches no layer"):
+        plan_for_layers(cfg, ["backbone.1"])
