@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a recipe: learn every task, track it in MLflow")
     _add_recipe_args(p)
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over instead of continuing after the last committed task")
+
+    p = sub.add_parser("inspect", help="print what a packed store holds, per task and layer")
+    p.add_argument("store", type=Path, help="store file (.tpk)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("data", help="data sets")
     dsub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -74,12 +80,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
     with Bars() as bars:
-        result = run_recipe(recipe, tracker, bars)
+        result = run_recipe(recipe, tracker, bars, fresh=args.fresh)
     out = Console()
     out.print(summary_table(result))
+    if result.resumed_from:
+        out.print(f"continued after {result.resumed_from} committed task(s)")
     out.print(f"run folder: {result.run_dir}")
+    out.print(f"store: {result.store_path}  (taskpack inspect {result.store_path})")
     if result.where:
         out.print(f"MLflow run {result.run_id}: {result.where}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.errors import StoreError
+    from pipeline.store import PackedStore, format_report
+
+    if not args.store.is_file():
+        raise StoreError(f"{args.store}: no such store file")
+    print(format_report(PackedStore.open(args.store).report(), as_json=args.json))
     return 0
 
 
@@ -100,7 +119,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "data": cmd_data, "schema": cmd_schema}
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "inspect": cmd_inspect, "data": cmd_data,
+            "schema": cmd_schema}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,13 +23,13 @@ def write_task_csv(result: RunResult, path: Path) -> Path:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", "name", "acc_at_commit", "acc_final", "val_acc", "epochs",
-                    "train_seconds", "own_weights", "shared_weights"])
+                    "train_seconds", "resumed"])
         for rec in result.tasks:
-            own = sum(int(v.sum()) for v in rec.masks.own.values())
-            shared = sum(int(v.sum()) for v in rec.masks.shared.values())
+            tr = rec.train
             w.writerow([rec.index, rec.name, f"{rec.acc_at_commit:.4f}",
-                        f"{final[rec.index]:.4f}", f"{rec.val_acc:.4f}", rec.train.epochs,
-                        f"{rec.train.seconds:.2f}", own, shared])
+                        f"{final[rec.index]:.4f}", f"{rec.val_acc:.4f}",
+                        tr.epochs if tr else "", f"{tr.seconds:.2f}" if tr else "",
+                        int(tr is None)])
     return path
 
 
@@ -68,12 +68,17 @@ def summary_table(result: RunResult) -> Table:
         table.add_column(col, justify="right" if col != "name" else "left")
     final = result.matrix.final
     for rec in result.tasks:
+        tr = rec.train
         table.add_row(str(rec.index), rec.name, f"{rec.acc_at_commit:.2f}",
-                      f"{final[rec.index]:.2f}", str(rec.train.epochs),
-                      f"{rec.train.seconds:.1f}")
+                      f"{final[rec.index]:.2f}", str(tr.epochs) if tr else "resumed",
+                      f"{tr.seconds:.1f}" if tr else "-")
     table.add_section()
     table.add_row("ACC", "", "", f"{result.acc:.2f}", "", "")
     table.add_row("BWT", "", "", f"{result.bwt:+.3f}", "", "")
     table.add_row("FWT", "", "", f"{result.matrix.fwt():+.2f}", "", "")
     table.add_row("wall", "", "", f"{result.wall_s:.1f} s", "", "")
+    sm = result.store_metrics
+    if sm:
+        table.add_row("store", "", "", f"{sm['store/bytes_total'] / 1e6:.3f} MB", "", "")
+        table.add_row("vs fp32", "", "", f"{sm['store/ratio_to_dense_fp32']:.4f}x", "", "")
     return table

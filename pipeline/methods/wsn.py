@@ -23,6 +23,27 @@ class WSN(ContinualMethod):
         self.consolidated = {n: torch.zeros_like(m.weight, dtype=torch.bool)
                              for n, m in layers.items()}
         self.masks: list[dict[str, torch.Tensor]] = []
+        # positions whose weight the current task must not change (M_{t-1} for WSN)
+        self.frozen = self.consolidated
+
+    def load_store_state(self, held: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
+                         used_bits: dict[str, torch.Tensor] | None = None) -> None:
+        """Align the live model with the store after a commit (or on resume).
+
+        ``held`` marks positions that hold a code, ``values`` the latest code's value there. The
+        live weights take the stored values, so a later task shares exactly what was stored.
+        """
+        with torch.no_grad():
+            for name, layer in self.model.masked_layers().items():
+                layer.weight.copy_(torch.where(held[name], values[name], layer.weight))
+                self.consolidated[name] = held[name].clone()
+        self.frozen = self.consolidated
+
+    def restore(self, tasks: int, masks: list[dict[str, torch.Tensor]]) -> None:
+        """Continue after ``tasks`` committed tasks whose masks are ``masks`` (resume)."""
+        if len(masks) != tasks:
+            raise ValueError(f"need {tasks} masks to restore, got {len(masks)}")
+        self.masks = [dict(m) for m in masks]
 
     def begin_task(self, task: int) -> None:
         if task != len(self.masks):
@@ -42,7 +63,7 @@ class WSN(ContinualMethod):
     def after_backward(self, task: int) -> None:
         for name, layer in self.model.masked_layers().items():
             if layer.weight.grad is not None:
-                layer.weight.grad.masked_fill_(self.consolidated[name], 0.0)
+                layer.weight.grad.masked_fill_(self.frozen[name], 0.0)
 
     def end_task(self, task: int) -> TaskMasks:
         mask, own, shared = {}, {}, {}

@@ -68,7 +68,7 @@ def format_validation_error(exc: ValidationError, source: str = "recipe") -> str
     """All errors of a ValidationError, one line each, first line prefixed by the source."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("wsn",))
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("wsn", "tsn"))
         lines.append(f"{loc or '<top>'}: {_describe(err)}")
     return f"{source}: " + "; ".join(lines)
 

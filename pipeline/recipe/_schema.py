@@ -77,7 +77,48 @@ class WSNMethod(_Section):
     density: float = Field(default=0.5, gt=0, le=1, description="c: fraction of weights kept")
 
 
-Method = Annotated[WSNMethod, Field(discriminator="kind")]
+class PruneConfig(_Section):
+    """TSN fine-tuned pruning (methods.md §3.4 step 3); targets come from the compression plan."""
+
+    delta: float = Field(default=0.2, ge=0, description="max validation accuracy drop, points")
+    steps: int = Field(default=20, ge=0, description="pruning steps, round-robin over layers")
+    step_fraction: float = Field(default=0.2, gt=0, le=1,
+                                 description="fraction of a layer's own weights one step removes")
+    finetune_epochs: int = Field(default=1, ge=0,
+                                 description="retrain surviving own weights after pruning")
+
+
+class QuantizeConfig(_Section):
+    """TSN adaptive non-linear quantization of own weights (methods.md §3.4 step 4)."""
+
+    bits: list[int] = Field(default=[2, 3, 4, 6, 8], min_length=1,
+                            description="candidate bit-widths, tried in ascending order")
+    delta: float = Field(default=0.2, ge=0, description="max validation accuracy drop, points")
+    adaptive: bool = Field(default=True, description="False: use the plan's bits as given")
+    finetune_epochs: int = Field(default=0, ge=0, description="tune codebook entries after")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_ok(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if b not in BITS or b == 32]
+        if bad:
+            raise ValueError(f"must be taken from {list(BITS[:-1])}, got {bad}")
+        return sorted(set(v))
+
+
+class TSNMethod(_Section):
+    """TinySubNets: WSN training, then pruning and adaptive quantization of the task's own
+    weights, committed into the packed store; ``split`` lets a task put its own code in the free
+    bits of a position an earlier task holds."""
+
+    kind: Literal["tsn"] = "tsn"
+    density: float = Field(default=0.5, gt=0, le=1, description="c: fraction of weights kept")
+    policy: Literal["reuse_only", "split"] = "split"
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+
+
+Method = Annotated[WSNMethod | TSNMethod, Field(discriminator="kind")]
 
 
 class TrainConfig(_Section):

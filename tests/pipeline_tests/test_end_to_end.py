@@ -56,30 +56,40 @@ def test_pmnist_run_tracks_parent_and_children_and_never_forgets(tmp_path: Path)
         assert [r["task"] for r in csv.DictReader(f)] == ["0", "1", "2"]
 
 
-def test_logits_of_old_tasks_bit_identical_on_real_data(tmp_path: Path) -> None:
-    recipe = _recipe(tmp_path, "tracking.enabled=false")
+@pytest.mark.parametrize("method", [
+    ["method.kind=wsn"],
+    ["method.kind=tsn", "method.policy=split", "compression.default.sparsity=0.5",
+     "compression.default.bits=8"],
+    ["method.kind=tsn", "method.policy=reuse_only", "compression.default.sparsity=0.3",
+     "compression.default.pattern=block(4,1)", "compression.default.bits=4"],
+], ids=["wsn", "tsn-split", "tsn-reuse-block"])
+def test_store_is_bit_exact_and_old_logits_never_change(tmp_path: Path, monkeypatch,
+                                                        method: list[str]) -> None:
     import pipeline.runner as runner
+    from pipeline.store import PackedStore
 
-    stream = build_stream(recipe.benchmark)
-    probe = stream.load(0).test.x[:64]
-    recorded: list[torch.Tensor] = []
-    original = runner.stage_commit
+    recipe = _recipe(tmp_path, "tracking.enabled=false", *method)
+    probe = build_stream(recipe.benchmark).load(0).test.x[:64]
+    recorded: list[list[torch.Tensor]] = []
+    real_commit = runner.commit_task
 
-    def record(s, task):  # wraps the real stage: logits of every earlier task, after each commit
-        out = original(s, task)
-        recorded.append(torch.stack([snapshot_logits(s.model, s.method.snapshot(j), j, probe, 32)
-                                     for j in range(task.index + 1)] + [torch.zeros(64, 10)] *
-                                    (2 - task.index)))
-        return out
+    def commit_and_record(s, task, layers, tensors, stats):
+        real_commit(s, task, layers, tensors, stats)
+        store = PackedStore.open(s.store.path)  # rebuilt from the file on disk
+        weights = store.materialize(task.index)
+        for name, r in layers.items():  # exactly the weights evaluated at commit time
+            assert torch.equal(weights[name], torch.where(r.mask, r.values, 0.0)), name
+        for name, value in tensors.items():
+            assert torch.equal(weights[name], value), name
+        recorded.append([snapshot_logits(s.model, runner.committed_snapshot(store, j), j,
+                                         probe, 32) for j in range(task.index + 1)])
 
-    runner.stage_commit = record
-    try:
-        run_recipe(recipe)
-    finally:
-        runner.stage_commit = original
+    monkeypatch.setattr(runner, "commit_task", commit_and_record)
+    result = run_recipe(recipe)
+    assert result.bwt == 0.0
     for t in range(3):
         for later in range(t, 3):
-            assert torch.equal(recorded[later][t], recorded[t][t])
+            assert torch.equal(recorded[later][t], recorded[t][t]), (t, later)
 
 
 def test_ctrl_c_ends_the_mlflow_run_as_killed(tmp_path: Path, monkeypatch) -> None:

@@ -1,0 +1,189 @@
+"""TSN compression of one task after training (methods.md §3.4 steps 3-4).
+
+1. Fine-tuned pruning: round-robin over the layers whose plan asks for sparsity; each step removes
+   ``step_fraction`` of the layer's own weights (by the plan's pattern) and is accepted only if
+   validation accuracy through the task's own candidate mask stays within ``delta`` of the
+   accuracy before pruning (against that fixed a_0, so drops cannot accumulate). Mask and own set
+   shrink together, so a pruned position is neither used nor held. Then, optionally, the surviving
+   own weights are retrained a little with pruned positions held at zero.
+2. Adaptive quantization, own weights only: layers with the most own weights first; per layer the
+   smallest bit-width whose 1-D k-means codebook keeps accuracy within ``delta_q`` of the pruned
+   accuracy, with earlier layers' choices in force; a layer where none passes stays fp32.
+
+Shared weights (earlier tasks') are never written: every candidate is evaluated with the stored
+values at shared positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.compress._patterns import Pattern, prune_step
+from pipeline.data import Split, Task
+from pipeline.evaluation import evaluate_snapshot
+from pipeline.models import ContinualNet
+from pipeline.progress import QUIET, Bars
+from pipeline.recipe import LayerPlan
+from pipeline.store import fit_codebook
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerResult:
+    mask: torch.Tensor
+    own: torch.Tensor
+    values: torch.Tensor  # dense layer tensor; own positions hold the (quantized) own values
+    bits: int = 32
+    codebook: torch.Tensor | None = None
+    own_before: int = 0
+
+
+@dataclass
+class CompressResult:
+    layers: dict[str, LayerResult]
+    acc_trained: float
+    acc_pruned: float
+    acc_quantized: float
+    evaluations: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CompressContext:
+    """What compression needs to evaluate candidates of task ``task``."""
+
+    model: ContinualNet
+    task: int
+    task_tensors: dict[str, torch.Tensor]  # head, per-task norms
+    data: Task
+    eval_batch_size: int
+    evaluations: int = 0
+
+    def accuracy(self, layers: dict[str, LayerResult], split: Split | None = None) -> float:
+        snap = {f"{n}.weight": torch.where(r.mask, r.values, torch.zeros((), dtype=r.values.dtype))
+                for n, r in layers.items()}
+        snap.update(self.task_tensors)
+        self.evaluations += 1
+        return evaluate_snapshot(self.model, snap, self.task, split or self.data.val,
+                                 self.eval_batch_size)[0]
+
+
+def prune(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[str, LayerPlan],
+          delta: float, steps: int, step_fraction: float, bars: Bars = QUIET) -> float:
+    """Fine-tuned pruning in place; returns the accuracy after it."""
+    a0 = ctx.accuracy(layers)
+    active = [n for n, p in plans.items() if p.sparsity > 0 and int(layers[n].own.sum()) > 0]
+    i = 0
+    with bars.bar(f"task {ctx.task} pruning", steps) as bar:
+        for _ in range(steps):
+            if not active:
+                break
+            name = active[i % len(active)]
+            r, plan = layers[name], plans[name]
+            pattern = Pattern.parse(plan.pattern)
+            removed = 1 - int(r.own.sum()) / max(r.own_before, 1)
+            # remaining own fraction to remove to reach the plan's sparsity, capped per step
+            want = (plan.sparsity - removed) / max(1 - removed, 1e-12)
+            frac = min(step_fraction, want)
+            cand = prune_step(r.values, r.mask, r.own, pattern, frac)
+            trial = {**layers, name: LayerResult(cand, r.own & cand, r.values, own_before=0)}
+            acc = ctx.accuracy(trial)
+            accepted = a0 - acc <= delta
+            if accepted:
+                r.mask, r.own = cand, r.own & cand
+            done = 1 - int(r.own.sum()) / max(r.own_before, 1) >= plan.sparsity - 1e-9
+            if not accepted or done or pattern.kind == "nm":
+                active.remove(name)
+            else:
+                i += 1
+            log.debug("prune %s by %.3f: acc %.2f (a0 %.2f) %s", name, frac, acc, a0,
+                      "accepted" if accepted else "rejected")
+            bars.advance(bar, info=f"{name} acc {acc:.2f}")
+    return ctx.accuracy(layers)
+
+
+def finetune_own(ctx: CompressContext, layers: dict[str, LayerResult], epochs: int, lr: float,
+                 batch_size: int, seed: int) -> None:
+    """Retrain own values with masks fixed; shared and pruned positions do not move."""
+    if epochs <= 0:
+        return
+    names = list(layers)
+    params = {n: layers[n].values.clone().requires_grad_(True) for n in names}
+    head = {k: v.clone().requires_grad_(v.is_floating_point())
+            for k, v in ctx.task_tensors.items()}
+    opt = torch.optim.Adam([*params.values(), *(v for v in head.values() if v.requires_grad)],
+                           lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    model, train = ctx.model, ctx.data.train
+    model.train()
+    model.set_mode("dense")
+    for _ in range(epochs):
+        order = torch.randperm(len(train), generator=gen)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            state = {f"{n}.weight": params[n] * layers[n].mask for n in names} | head
+            out = torch.func.functional_call(model, state, (train.x[idx],), {"task": ctx.task},
+                                             strict=False)
+            loss = F.cross_entropy(out, train.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for n in names:
+                params[n].grad.mul_(layers[n].own)  # only own positions learn
+            opt.step()
+    with torch.no_grad():
+        for n in names:
+            layers[n].values = torch.where(layers[n].own, params[n].detach(), layers[n].values)
+        for k, v in head.items():
+            ctx.task_tensors[k] = v.detach()
+
+
+def quantize(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[str, LayerPlan],
+             candidates: list[int], delta: float, adaptive: bool,
+             required: set[str] | None = None, bars: Bars = QUIET) -> float:
+    """Adaptive quantization of own weights in place; returns the accuracy after it.
+
+    Layers in ``required`` may not stay fp32 (their own codes share positions with earlier
+    tasks' codes, so they must fit the free bits): if no width passes, the widest candidate is
+    used and the drop it costs is what the accuracy after this stage reports.
+    """
+    a_p = ctx.accuracy(layers)
+    order = sorted(layers, key=lambda n: -int(layers[n].own.sum()))
+    with bars.bar(f"task {ctx.task} quantizing", len(order)) as bar:
+        for name in order:
+            r, plan = layers[name], plans[name]
+            must = name in (required or set())
+            bits_list = [b for b in candidates if b <= plan.bits] if adaptive else (
+                [plan.bits] if plan.bits < 32 else [])
+            if must and not bits_list:
+                bits_list = [max(candidates)]
+            if int(r.own.sum()) == 0:
+                bars.advance(bar)
+                continue
+            original = r.values
+            own_vals = original[r.own]
+            for b in bits_list:
+                codebook, codes = fit_codebook(own_vals, b)
+                values = original.clone()
+                values[r.own] = codebook[codes]
+                acc = ctx.accuracy({**layers, name: LayerResult(r.mask, r.own, values)})
+                if not adaptive or a_p - acc <= delta or (must and b == bits_list[-1]):
+                    r.values, r.bits, r.codebook = values, b, codebook
+                    break
+            bars.advance(bar, info=f"{name}: {r.bits} bits")
+    return ctx.accuracy(layers)
+
+
+def summarize(layers: dict[str, LayerResult]) -> dict[str, float]:
+    stats: dict[str, float] = {}
+    for n, r in layers.items():
+        own = int(r.own.sum())
+        stats[f"{n}.own_sparsity"] = 1 - own / r.own_before if r.own_before else math.nan
+        stats[f"{n}.bits"] = r.bits
+        stats[f"{n}.density"] = float(r.mask.float().mean())
+    return stats

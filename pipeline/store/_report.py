@@ -1,0 +1,195 @@
+"""Store report: real bytes of the file per task, layer and component (DESIGN.md §4, §8).
+
+Every byte of the file is counted exactly once: a task's masks, codes, codebooks and tensors
+sections by component (and, inside them, per layer), its meta section as metadata, and the header,
+the model section and the section table as store-level metadata. So the components always add up
+to the file size, which is the capacity figure TSN's public code only estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.store._codec import TaskState
+
+COMPONENTS = ("codes", "masks", "codebooks", "tensors", "metadata")
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    positions: int
+    count: int  # |m_t|
+    density: float
+    shared: int
+    own: int
+    split: int  # own codes placed at positions that already held a code
+    bits: int
+    kind: str  # "index" (codebook), "fp16" or "fp32"
+    codebook_size: int
+    bytes_codes: int
+    bytes_masks: int
+    bytes_codebooks: int
+    bits_per_own_weight: float  # 8 * (codes + codebook bytes) / own
+    mask_bits_per_position: float
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    task: int
+    meta: dict
+    layers: list[LayerReport]
+    density: float
+    union_density: float  # density of M_t after this task
+    shared: int
+    own: int
+    bytes: dict[str, int]  # by component; "metadata" is this task's meta section
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(self.bytes.values())
+
+
+@dataclass(frozen=True)
+class StoreReport:
+    path: str
+    model_fingerprint: str
+    bit_budget: int
+    positions: int
+    num_tasks: int
+    file_size: int
+    union_density: float
+    tasks: list[TaskReport]
+    bytes: dict[str, int] = field(default_factory=dict)  # totals by component
+
+    @property
+    def ratio_to_dense_fp32(self) -> float:
+        return self.file_size / (4 * self.positions) if self.positions else math.inf
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat numbers for MLflow (``store/...``)."""
+        out: dict[str, float] = {"store/bytes_total": float(self.file_size)}
+        for comp in COMPONENTS:
+            out[f"store/bytes_{comp}"] = float(self.bytes[comp])
+        out["store/ratio_to_dense_fp32"] = self.ratio_to_dense_fp32
+        out["store/union_density"] = self.union_density
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ratio_to_dense_fp32"] = self.ratio_to_dense_fp32
+        for t, task in zip(d["tasks"], self.tasks, strict=True):
+            t["bytes_total"] = task.bytes_total
+        return d
+
+
+def build_report(
+    *,
+    path: str,
+    fingerprint: str,
+    budget: int,
+    layers: dict[str, tuple[int, ...]],
+    tasks: list[TaskState],
+    lengths: dict[str, int],
+    file_size: int,
+) -> StoreReport:
+    sizes = {name: math.prod(shape) for name, shape in layers.items()}
+    n_total = sum(sizes.values())
+    task_reports = []
+    totals = dict.fromkeys(COMPONENTS, 0)
+    for ts in tasks:
+        layer_reports = []
+        for name, ls in ts.layers.items():
+            n = sizes[name]
+            payload = ls.nbytes["codes"] + ls.nbytes["codebooks"]
+            layer_reports.append(
+                LayerReport(
+                    name=name,
+                    positions=n,
+                    count=ls.count,
+                    density=ls.count / n if n else 0.0,
+                    shared=ls.count - ls.own_count,
+                    own=ls.own_count,
+                    split=ls.split,
+                    bits=ls.bits,
+                    kind=ls.kind,
+                    codebook_size=ls.k,
+                    bytes_codes=ls.nbytes["codes"],
+                    bytes_masks=ls.nbytes["masks"],
+                    bytes_codebooks=ls.nbytes["codebooks"],
+                    bits_per_own_weight=8 * payload / ls.own_count if ls.own_count else 0.0,
+                    mask_bits_per_position=8 * ls.nbytes["masks"] / n if n else 0.0,
+                )
+            )
+        comp = {c: lengths[f"task/{ts.task}/{c}"] for c in COMPONENTS[:-1]}
+        comp["metadata"] = lengths[f"task/{ts.task}/meta"]
+        for c, v in comp.items():
+            totals[c] += v
+        count = sum(lr.count for lr in layer_reports)
+        own = sum(lr.own for lr in layer_reports)
+        task_reports.append(
+            TaskReport(
+                task=ts.task,
+                meta=dict(ts.meta),
+                layers=layer_reports,
+                density=count / n_total if n_total else 0.0,
+                union_density=ts.union_count / n_total if n_total else 0.0,
+                shared=count - own,
+                own=own,
+                bytes=comp,
+            )
+        )
+    # Header, model section and section table: everything not inside a task's data sections.
+    totals["metadata"] += file_size - sum(totals.values())
+    return StoreReport(
+        path=path,
+        model_fingerprint=fingerprint,
+        bit_budget=budget,
+        positions=n_total,
+        num_tasks=len(tasks),
+        file_size=file_size,
+        union_density=task_reports[-1].union_density if task_reports else 0.0,
+        tasks=task_reports,
+        bytes=totals,
+    )
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def format_report(report: StoreReport, as_json: bool = False) -> str:
+    """A plain-text table per task and layer, or the whole report as JSON."""
+    if as_json:
+        return json.dumps(report.to_dict(), indent=2, sort_keys=False)
+    lines = [
+        f"store {report.path}  model {report.model_fingerprint}  budget {report.bit_budget} bits",
+        f"{report.num_tasks} tasks, {report.positions} positions, union density "
+        f"{report.union_density:.4f}, file {report.file_size} B = "
+        f"{report.ratio_to_dense_fp32:.4f} x dense fp32",
+        "  ".join(f"{c} {_fmt_bytes(report.bytes[c])}" for c in COMPONENTS),
+        "",
+        f"{'task':>4} {'layer':<24} {'density':>8} {'shared':>9} {'own':>9} {'split':>7} "
+        f"{'bits':>4} {'k':>5} {'codes':>9} {'masks':>9} {'cbook':>7} {'b/own':>6}",
+    ]
+    for t in report.tasks:
+        for lr in t.layers:
+            lines.append(
+                f"{t.task:>4} {lr.name[:24]:<24} {lr.density:>8.4f} {lr.shared:>9} {lr.own:>9} "
+                f"{lr.split:>7} {lr.bits:>4} {lr.codebook_size:>5} {lr.bytes_codes:>9} "
+                f"{lr.bytes_masks:>9} {lr.bytes_codebooks:>7} {lr.bits_per_own_weight:>6.2f}"
+            )
+        lines.append(
+            f"{t.task:>4} {'(task total)':<24} {t.density:>8.4f} {t.shared:>9} {t.own:>9} "
+            f"{'':>7} {'':>4} {'':>5} {t.bytes['codes']:>9} {t.bytes['masks']:>9} "
+            f"{t.bytes['codebooks']:>7}  tensors {t.bytes['tensors']} B, meta "
+            f"{t.bytes['metadata']} B, M_t {t.union_density:.4f}"
+        )
+    return "\n".join(lines)
