@@ -17,7 +17,8 @@ data: setup
 	$(BIN)/taskpack data fetch mnist
 
 demo: data
-	$(BIN)/taskpack run recipes/quickstart.yaml
+	$(BIN)/taskpack run recipes/quickstart.yaml --fresh
+	$(BIN)/taskpack inspect mlruns/runs/quickstart/store.tpk
 
 test: data
 	$(BIN)/ruff check pipeline search compilers tests benchmarks

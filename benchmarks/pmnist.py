@@ -1,9 +1,13 @@
-"""PMNIST benchmark: run recipes/pmnist-mlp2000.yaml and print accuracy per task, ACC, BWT, time.
+"""PMNIST benchmark: run recipes/pmnist-mlp2000.yaml; print accuracy per task, ACC, BWT, wall
+time, and the packed store's bytes by component with the ratio to one dense fp32 backbone.
 
-    .venv/bin/python benchmarks/pmnist.py [--recipe PATH] [--set key=value ...] [--no-track]
+    .venv/bin/python benchmarks/pmnist.py [--recipe PATH] [--set key=value ...]
+                                          [--compare-policies] [--no-track]
 
-Every figure is measured in this run: the accuracy of every task is re-tested from committed state
-after every later task, and BWT is computed from those re-measurements.
+``--compare-policies`` runs the recipe twice, with ``method.policy=split`` and
+``method.policy=reuse_only``, and prints them side by side (what splitting a weight buys).
+Every figure is measured in this run: each task is re-tested from the store after every later
+task, and BWT is computed from those re-measurements; bytes are the store file's real bytes.
 """
 
 from __future__ import annotations
@@ -20,35 +24,78 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.progress import Bars  # noqa: E402
 from pipeline.recipe import load_recipe  # noqa: E402
-from pipeline.runner import run_recipe  # noqa: E402
+from pipeline.runner import RunResult, run_recipe  # noqa: E402
 from pipeline.tracking import NoopTracker, build_tracker  # noqa: E402
+
+COMPONENTS = ("codes", "masks", "codebooks", "tensors", "metadata")
+
+
+def run(recipe_path: Path, overrides: list[str], track: bool) -> RunResult:
+    recipe = load_recipe(recipe_path, overrides)
+    tracker = build_tracker(recipe.tracking) if track else NoopTracker()
+    with Bars() as bars:
+        return run_recipe(recipe, tracker, bars, fresh=True)
+
+
+def describe(r: RunResult) -> str:
+    rc = r.recipe
+    m = rc.method
+    extra = f", policy {m.policy}" if m.kind == "tsn" else ""
+    return (f"{rc.benchmark.stream}, {len(r.tasks)} tasks, MLP {rc.model.hidden} "
+            f"(dropout {rc.model.dropout}), {m.kind} density {m.density}{extra}, "
+            f"{rc.train.epochs} epochs/task, batch {rc.train.batch_size}")
+
+
+def print_results(results: dict[str, RunResult]) -> None:
+    names = list(results)
+    first = results[names[0]]
+    print(f"# machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}")
+    for name, r in results.items():
+        print(f"# {name}: {describe(r)}")
+    print("\n| task | " + " | ".join(f"{n}: acc after training | {n}: acc after all tasks"
+                                     for n in names) + " |")
+    print("|---:|" + "---:|---:|" * len(names))
+    for t in range(len(first.tasks)):
+        cells = []
+        for r in results.values():
+            cells += [f"{r.matrix.rows[t][t]:.2f}", f"{r.matrix.final[t]:.2f}"]
+        print(f"| {t} | " + " | ".join(cells) + " |")
+    print("\n| metric | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    rows = {"ACC (%)": lambda r: f"{r.acc:.2f}", "BWT": lambda r: f"{r.bwt:+.3f}",
+            "FWT (GEM)": lambda r: f"{r.matrix.fwt():+.2f}",
+            "wall (min)": lambda r: f"{r.wall_s / 60:.1f}"}
+    for comp in COMPONENTS:
+        rows[f"store {comp} (bytes)"] = (
+            lambda r, c=comp: f"{int(r.store_metrics[f'store/bytes_{c}']):,}")
+    rows["store total (bytes)"] = lambda r: f"{int(r.store_metrics['store/bytes_total']):,}"
+    rows["ratio to one dense fp32 backbone"] = (
+        lambda r: f"{r.store_metrics['store/ratio_to_dense_fp32']:.4f}")
+    rows["union density"] = lambda r: f"{r.store_metrics['store/union_density']:.4f}"
+    for label, fn in rows.items():
+        print(f"| {label} | " + " | ".join(fn(r) for r in results.values()) + " |")
+    for name, r in results.items():
+        print(f"\n{name}: run folder {r.run_dir}, store {r.store_path}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", type=Path, default=REPO / "recipes/pmnist-mlp2000.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--compare-policies", action="store_true")
     ap.add_argument("--no-track", action="store_true")
     args = ap.parse_args()
-    recipe = load_recipe(args.recipe, args.overrides)
-    tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
-    with Bars() as bars:
-        result = run_recipe(recipe, tracker, bars)
-    print(f"# {recipe.name}: {recipe.benchmark.stream}, {len(result.tasks)} tasks, "
-          f"MLP {recipe.model.hidden}, method {recipe.method.kind} "
-          f"(density {getattr(recipe.method, 'density', '-')}), "
-          f"{recipe.train.epochs} epochs/task, batch {recipe.train.batch_size}")
-    print(f"# machine: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print("| task | acc right after training (%) | acc after all tasks (%) | epochs | train s |")
-    print("|---:|---:|---:|---:|---:|")
-    final = result.matrix.final
-    for rec in result.tasks:
-        print(f"| {rec.index} | {result.matrix.rows[rec.index][rec.index]:.2f} | "
-              f"{final[rec.index]:.2f} | {rec.train.epochs} | {rec.train.seconds:.0f} |")
-    print(f"\nACC {result.acc:.2f}%   BWT {result.bwt:+.3f}   FWT {result.matrix.fwt():+.2f}   "
-          f"wall {result.wall_s / 60:.1f} min")
-    print(f"run folder: {result.run_dir}")
+    if args.compare_policies:
+        results = {}
+        for policy in ("split", "reuse_only"):
+            overrides = [*args.overrides, f"method.policy={policy}",
+                         f"name={load_recipe(args.recipe, args.overrides).name}-{policy}"]
+            results[policy] = run(args.recipe, overrides, not args.no_track)
+    else:
+        r = run(args.recipe, args.overrides, not args.no_track)
+        results = {r.recipe.method.kind: r}
+    print_results(results)
     return 0
 
 

@@ -37,11 +37,7 @@ def _atomic(path: Path, write) -> None:
 def save_state_before_commit(s: _Session, tasks_after_commit: int) -> None:
     """The live model as it is right before the commit that makes ``tasks_after_commit``."""
     arrays = {k: v.detach().cpu().numpy() for k, v in s.model.state_dict().items()}
-    path = s.run_dir / f"state-{tasks_after_commit}.npz"
-    _atomic(path, lambda f: np.savez(f, **arrays))
-    for old in s.run_dir.glob("state-*.npz"):
-        if old != path:
-            old.unlink()
+    _atomic(s.run_dir / f"state-{tasks_after_commit}.npz", lambda f: np.savez(f, **arrays))
 
 
 def save_state(s: _Session, result: RunResult) -> None:
@@ -53,6 +49,11 @@ def save_state(s: _Session, result: RunResult) -> None:
                          "val_acc": r.val_acc, "compression": r.compression}
                         for r in result.tasks]}
     _atomic(s.run_dir / "progress.json", lambda f: f.write(json.dumps(data).encode()))
+    # only now, with the commit on disk, is the previous state no longer needed
+    keep = s.run_dir / f"state-{s.store.num_tasks}.npz"
+    for old in s.run_dir.glob("state-*.npz"):
+        if old != keep:
+            old.unlink()
 
 
 def load_state(s: _Session, result: RunResult) -> int:

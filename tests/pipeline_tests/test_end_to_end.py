@@ -51,13 +51,21 @@ def test_pmnist_run_tracks_parent_and_children_and_never_forgets(tmp_path: Path)
     assert sorted(c.info.run_name for c in children) == ["task-0", "task-1", "task-2"]
     assert all(c.info.status == "FINISHED" for c in children)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"recipe.yaml", "tasks.csv", "accuracy_matrix.png", "results.json"} <= artifacts
+    assert {"recipe.yaml", "tasks.csv", "accuracy_matrix.png", "results.json",
+            "store_report.txt", "store"} <= artifacts
+    assert [a.path for a in client.list_artifacts(result.run_id, "store")] == ["store/store.tpk"]
+    size = result.store_path.stat().st_size
+    assert parent.data.metrics["store/bytes_total"] == size
+    assert parent.data.metrics["store/ratio_to_dense_fp32"] == pytest.approx(
+        size / (4 * (784 * 100 + 100 * 100)))
+    assert sum(parent.data.metrics[f"store/bytes_{c}"] for c in
+               ("codes", "masks", "codebooks", "tensors", "metadata")) == size
     with (result.run_dir / "tasks.csv").open() as f:
         assert [r["task"] for r in csv.DictReader(f)] == ["0", "1", "2"]
 
 
 @pytest.mark.parametrize("method", [
-    ["method.kind=wsn"],
+    ["method={kind: wsn, density: 0.3}"],
     ["method.kind=tsn", "method.policy=split", "compression.default.sparsity=0.5",
      "compression.default.bits=8"],
     ["method.kind=tsn", "method.policy=reuse_only", "compression.default.sparsity=0.3",
