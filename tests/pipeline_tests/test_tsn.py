@@ -69,7 +69,8 @@ def test_quantization_touches_own_positions_only_and_uses_codebook_values() -> N
 def test_quantization_keeps_fp32_when_nothing_passes_unless_required() -> None:
     _, _, layers, ctx = _trained()
     names = list(layers)
-    quantize(ctx, layers, {n: LayerPlan(bits=8) for n in layers}, [1], delta=-100.0,  # impossible to meet
+    # delta -100: no width can pass
+    quantize(ctx, layers, {n: LayerPlan(bits=8) for n in layers}, [1], delta=-100.0,
              adaptive=True, required={names[0]})
     assert layers[names[0]].bits == 1  # required: the widest candidate is used anyway
     assert layers[names[1]].bits == 32 and layers[names[1]].codebook is None
