@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,10 @@ from pipeline.tracking import NoopTracker, Run, Tracker
 from pipeline.train import TrainReport, train_task
 
 log = logging.getLogger(__name__)
+
+# (session, task, masks, bars, task run) -> (compressed layers, stats). The default is TSN's
+# adaptive compression; the CLI injects the Optuna search when ``search.enabled``.
+CompressFn = Callable[..., tuple[dict, dict[str, float]]]
 
 
 @dataclass
@@ -83,6 +88,7 @@ class _Session:
     store: PackedStore
     run_dir: Path
     tests: list[Split] = field(default_factory=list)
+    compress: CompressFn | None = None
 
 
 def run_dir_for(recipe: Recipe) -> Path:
@@ -162,11 +168,12 @@ def task_metrics(rec: TaskRecord, row: list[float], before: float, baseline: flo
 
 
 def run_recipe(recipe: Recipe, tracker: Tracker | None = None, bars: Bars = QUIET,
-               fresh: bool = False) -> RunResult:
+               fresh: bool = False, compress: CompressFn | None = None) -> RunResult:
     """Run (or continue) every task of the recipe; the parent run ends KILLED on Ctrl-C."""
     tracker = tracker or NoopTracker()
     start = time.perf_counter()
     s = prepare(recipe, fresh)
+    s.compress = compress
     result = RunResult(recipe, s.run_dir, AccuracyMatrix(), where=tracker.where(),
                        store_path=s.store.path)
     resumed = load_state(s, result)
@@ -240,7 +247,7 @@ def _one_task(s: _Session, t: int, name: str, result: RunResult, child: Run,
     baseline = baseline_accuracy(s, task)
     report, before = stage_train(s, task, bars)
     masks = s.method.end_task(t)
-    layers, stats = compress_task(s, task, masks, bars)
+    layers, stats = (s.compress or compress_task)(s, task, masks, bars, child)
     commit_task(s, task, layers, task_tensors(s.model, t), stats)
     # every evaluation from here on runs on weights rebuilt from the file on disk
     s.store = PackedStore.open(s.store.path, expect_fingerprint=s.store.model_fingerprint)

@@ -20,6 +20,7 @@ from pipeline.models import ContinualNet
 from pipeline.progress import Bars
 from pipeline.recipe import plan_for_layers
 from pipeline.store import LayerCommit, TaskCommit
+from pipeline.tracking import Run
 
 if TYPE_CHECKING:
     from pipeline.runner import _Session
@@ -31,8 +32,8 @@ def task_tensors(model: ContinualNet, task: int) -> dict[str, torch.Tensor]:
     return {n: state[n].detach().clone() for n in model.task_param_names(task)}
 
 
-def compress_task(s: _Session, task: Task, masks: TaskMasks,
-                  bars: Bars) -> tuple[dict[str, LayerResult], dict[str, float]]:
+def compress_task(s: _Session, task: Task, masks: TaskMasks, bars: Bars,
+                  run: Run | None = None) -> tuple[dict[str, LayerResult], dict[str, float]]:
     """TSN: prune, fine-tune, quantize the task's own weights. WSN: commit as trained (fp32)."""
     layers = {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
                              m.weight.detach().clone(), own_before=int(masks.own[n].sum()))

@@ -75,9 +75,14 @@ class CompressContext:
 
 
 def prune(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[str, LayerPlan],
-          delta: float, steps: int, step_fraction: float, bars: Bars = QUIET) -> float:
-    """Fine-tuned pruning in place; returns the accuracy after it."""
-    a0 = ctx.accuracy(layers)
+          delta: float, steps: int, step_fraction: float, bars: Bars = QUIET,
+          gated: bool = True) -> float:
+    """Fine-tuned pruning in place; returns the accuracy after it.
+
+    ``gated=False`` applies every step without evaluating it (the search scores the whole plan
+    once instead).
+    """
+    a0 = ctx.accuracy(layers) if gated else math.inf
     active = [n for n, p in plans.items() if p.sparsity > 0 and int(layers[n].own.sum()) > 0]
     i = 0
     with bars.bar(f"task {ctx.task} pruning", steps) as bar:
@@ -93,8 +98,8 @@ def prune(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[str,
             frac = min(step_fraction, want)
             cand = prune_step(r.values, r.mask, r.own, pattern, frac)
             trial = {**layers, name: LayerResult(cand, r.own & cand, r.values, own_before=0)}
-            acc = ctx.accuracy(trial)
-            accepted = a0 - acc <= delta
+            acc = ctx.accuracy(trial) if gated else math.nan
+            accepted = not gated or a0 - acc <= delta
             if accepted:
                 r.mask, r.own = cand, r.own & cand
             done = 1 - int(r.own.sum()) / max(r.own_before, 1) >= plan.sparsity - 1e-9

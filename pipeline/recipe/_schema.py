@@ -199,15 +199,76 @@ class CompressionConfig(_Section):
     rules: list[LayerRule] = []
 
 
+class SearchSpaceRule(_Section):
+    """What the search may choose for the layers whose name equals or matches ``match``."""
+
+    match: str = Field(default=".*", min_length=1)
+    sparsity: tuple[float, float] = Field(default=(0.0, 0.9),
+                                          description="[low, high] fraction of own weights")
+    sparsity_step: float = Field(default=0.1, gt=0, le=1)
+    patterns: list[str] = Field(default=["unstructured", "block(16,1)"], min_length=1)
+    bits: list[int] = Field(default=[4, 8, 32], min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpaceRule:
+        lo, hi = self.sparsity
+        if not 0 <= lo <= hi < 1:
+            raise ValueError(f"`0 <= low <= high < 1` must hold for sparsity, got ({lo}, {hi})")
+        for p in self.patterns:
+            LayerPlan(pattern=p)
+        for b in self.bits:
+            LayerPlan(bits=b)
+        try:
+            re.compile(self.match)
+        except re.error as e:
+            raise ValueError(f"match is not a valid regular expression: {e}") from None
+        return self
+
+
+class SearchConstraints(_Section):
+    """Limits a chosen plan must meet (Optuna constraints: violated trials are infeasible)."""
+
+    max_acc_drop: Annotated[float, Field(ge=0)] | None = Field(
+        default=1.0, description="points of validation accuracy below the uncompressed task")
+    max_latency_ms: Annotated[float, Field(gt=0)] | None = None
+    max_bytes: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="bytes the task may add to the store")
+
+
+class SelectionConfig(_Section):
+    """Which Pareto point is committed."""
+
+    policy: Literal["min_latency_within_acc_drop", "max_accuracy_under_latency_ms", "knee"] = (
+        "min_latency_within_acc_drop")
+    value: Annotated[float, Field(ge=0)] | None = Field(
+        default=0.5, description="the drop (points) or the latency (ms) the policy names")
+
+    @model_validator(mode="after")
+    def _value_needed(self) -> SelectionConfig:
+        if self.policy != "knee" and self.value is None:
+            raise ValueError(f"policy {self.policy!r} needs a `value`")
+        return self
+
+
 class SearchConfig(_Section):
-    """Optuna search over LayerPlans (the search issue fills this in)."""
+    """Per-task Optuna search over LayerPlans, scored by accuracy, compiled latency and bytes."""
 
     enabled: bool = False
     trials: int = Field(default=16, ge=1)
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
     seed: int = 0
-    storage: str | None = None
+    storage: str | None = Field(default=None,
+                                description="None: a journal file under the run folder; or an "
+                                            "RDB URL shared by several workers")
+    space: list[SearchSpaceRule] = Field(default=[SearchSpaceRule()], min_length=1)
+    objectives: list[Literal["accuracy", "latency", "bytes"]] = Field(
+        default=["accuracy", "latency", "bytes"], min_length=1)
+    constraints: SearchConstraints = SearchConstraints()
+    selection: SelectionConfig = SelectionConfig()
+    finetune_epochs: int = Field(default=0, ge=0, description="own-weight fine-tune per trial")
+    latency_batch: int = Field(default=1, ge=1)
+    target: str | None = Field(default=None, description="target name; None = the first")
 
 
 class RPCConfig(_Section):
@@ -225,6 +286,11 @@ class TargetConfig(_Section):
     mcpu: str | None = Field(default=None, description="LLVM -mcpu; None = detect the host")
     tune_trials: int = Field(default=0, ge=0, description="MetaSchedule trials per workload")
     rpc: RPCConfig | None = None
+    remote_arch: Literal["host", "aarch64"] = Field(
+        default="host", description="rpc targets: which code the remote device runs")
+    transforms: list[Literal["shrink", "block_sparse", "int8"]] = Field(
+        default=["shrink", "block_sparse"],
+        description="compile-time transforms that turn the task's structure into speed")
 
     @model_validator(mode="after")
     def _rpc_needs_config(self) -> TargetConfig:

@@ -171,6 +171,14 @@ class PackedStore:
         apply_task(state, self._layers, self._union, self._used, self._current, self._budget)
         self._tasks.append(state)
 
+    def encoded_size(self, c: TaskCommit) -> int:
+        """Bytes the task's sections would add to the file, without writing anything.
+
+        (The section table grows by a few dozen bytes more; that is metadata.)
+        """
+        new = encode_task(c, self._layers, self._union, self._used, self._budget)
+        return sum(len(b) for _, b in new)
+
     def _check_roundtrip(self, c: TaskCommit, state: TaskState) -> None:
         for name, lc in c.layers.items():
             ls = state.layers[name]

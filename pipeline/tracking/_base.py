@@ -32,6 +32,10 @@ class Run(ABC):
     @abstractmethod
     def end(self, status: Status = "FINISHED") -> None: ...
 
+    @abstractmethod
+    def reopen(self, run_id: str) -> Run:
+        """Another run of the same tracker by id (e.g. a trial run of an earlier process)."""
+
 
 class Tracker(ABC):
     @abstractmethod
@@ -67,13 +71,17 @@ class NoopRun(Run):
         self.tags.update(tags)
 
     def child(self, name: str, tags: dict[str, str] | None = None) -> NoopRun:
-        run = NoopRun(name)
+        run = NoopRun(f"{self.run_id}/{name}")
         run.tags.update(tags or {})
         self.children.append(run)
         return run
 
     def end(self, status: Status = "FINISHED") -> None:
         self.status = status
+
+    def reopen(self, run_id: str) -> NoopRun:
+        found = [c for c in self.children if c.run_id == run_id]
+        return found[0] if found else NoopRun(run_id)
 
 
 class NoopTracker(Tracker):

@@ -53,6 +53,11 @@ class MlflowRun(Run):
         )
         return MlflowRun(self.client, run.info.run_id, self.experiment_id)
 
+    def reopen(self, run_id: str) -> MlflowRun:
+        run = MlflowRun(self.client, run_id, self.experiment_id)
+        run._ended = True  # ending stays with whoever started it
+        return run
+
     def end(self, status: Status = "FINISHED") -> None:
         if not self._ended:
             self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,78 @@
+"""Per-task Optuna search of sparsity, block pattern and bit-width per layer, scored by
+validation accuracy, latency measured on the compiled model, and bytes added to the store.
+
+``make_search_compressor`` returns the compress stage the runner calls for each task when
+``search.enabled``; it uses the pipeline's own compression passes (no second implementation).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from search._objective import Latency, LatencyFn, TaskProblem, TrialResult
+from search._select import Point, pareto_front, select
+from search._space import LayerSpace, resolve_space, suggest_plans
+
+if TYPE_CHECKING:
+    from pipeline.runner import CompressFn
+
+__all__ = [
+    "Latency",
+    "LatencyFn",
+    "LayerSpace",
+    "Point",
+    "TaskProblem",
+    "TrialResult",
+    "make_search_compressor",
+    "pareto_front",
+    "resolve_space",
+    "select",
+    "suggest_plans",
+]
+
+
+def make_search_compressor(latency_fn: LatencyFn, worker: bool = False) -> CompressFn:
+    """The runner's compress stage, searching each task's plan with Optuna."""
+    import torch
+
+    from pipeline.compress import CompressContext, LayerResult, summarize
+    from pipeline.errors import RecipeError
+    from pipeline.methods import TSN
+    from pipeline.stages import task_tensors
+    from search._driver import search_task
+
+    def compress(s, task, masks, bars, run):
+        method, recipe, t = s.method, s.recipe, task.index
+        if not isinstance(method, TSN):
+            raise RecipeError("search.enabled needs method.kind: tsn (the search drives TSN's "
+                              f"compression passes), got {recipe.method.kind!r}")
+        cfg = recipe.search
+        trained = {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
+                                  m.weight.detach().clone(), own_before=int(masks.own[n].sum()))
+                   for n, m in s.model.masked_layers().items()}
+        ctx = CompressContext(s.model, t, task_tensors(s.model, t), task,
+                              recipe.train.eval_batch_size)
+        reference = ctx.accuracy(trained)
+        space = resolve_space(cfg.space, list(trained))
+        narrow = sorted({b for sp in space.values() for b in sp.bits if b < 32})
+        split_layers = {n for n, r in trained.items() if (r.own & method.consolidated[n]).any()}
+        problem = TaskProblem(
+            ctx, trained, s.store, split_layers, reference,
+            example=task.val.x[: cfg.latency_batch].contiguous(), latency_fn=latency_fn,
+            finetune_epochs=cfg.finetune_epochs, lr=recipe.train.lr / 10,
+            batch_size=recipe.train.batch_size, seed=recipe.train.seed + t,
+            quant_fallback=tuple(narrow) or (8,))
+        folder = s.run_dir / "search"
+        outcome = search_task(problem, cfg, space, run, folder / f"task-{t}.journal",
+                              f"{recipe.name}-task-{t}", folder / f"task-{t}", bars, worker)
+        layers, tensors, acc = problem.apply(outcome.plans)
+        with torch.no_grad():
+            state = dict(s.model.named_parameters()) | dict(s.model.named_buffers())
+            for k, v in tensors.items():
+                state[k].copy_(v)
+        method.finalize(t, {n: r.mask for n, r in layers.items()})
+        stats = {"acc_val_trained": reference, "acc_val_quantized": acc, **outcome.stats,
+                 **summarize(layers)}
+        return layers, stats
+
+    return compress

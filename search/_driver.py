@@ -1,0 +1,170 @@
+"""The per-task search loop: ask -> apply plan -> score -> tell, within the budgets.
+
+Budgets: ``search.trials`` finished trials (failed ones count, so a broken space cannot spin
+forever) and ``search.timeout_s`` of wall time, which includes the compile/tune/measure seconds
+(they are also reported separately). A trial whose compile or measurement fails is told FAIL with
+its reason and the search goes on. Every trial gets a nested MLflow run under the task's run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import PipelineError, TaskpackError
+from pipeline.progress import QUIET, Bars
+from pipeline.recipe import LayerPlan
+from pipeline.recipe._schema import SearchConfig
+from pipeline.tracking import Run
+from search._objective import TaskProblem, TrialResult
+from search._pareto import write_front
+from search._select import Point, pareto_front, select
+from search._space import LayerSpace, suggest_plans
+from search._study import finished, make_sampler, open_storage, open_study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchOutcome:
+    plans: dict[str, LayerPlan]
+    trial: int
+    reason: str
+    points: list[Point]
+    front: list[Point]
+    trials_run: int  # in this process
+    failures: int
+    wall_s: float
+    compile_s: float
+    cache_hits: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _constraints(cfg: SearchConfig, res: TrialResult, reference: float) -> dict[str, float]:
+    """Constraint values by name; <= 0 means satisfied (Optuna's convention)."""
+    c = cfg.constraints
+    out = {}
+    if c.max_acc_drop is not None:
+        out["acc_drop"] = reference - res.accuracy - c.max_acc_drop
+    if c.max_latency_ms is not None:
+        out["latency_ms"] = res.latency.median_ms - c.max_latency_ms
+    if c.max_bytes is not None:
+        out["bytes"] = float(res.nbytes - c.max_bytes)
+    return out
+
+
+def _plans_from_params(params: dict, space: dict[str, LayerSpace]) -> dict[str, LayerPlan]:
+    plans = {}
+    for name, s in space.items():
+        plans[name] = LayerPlan(
+            sparsity=round(params.get(f"{name}.sparsity", s.sparsity[0]), 6),
+            pattern=params.get(f"{name}.pattern", s.patterns[0]),
+            bits=params.get(f"{name}.bits", s.bits[0]))
+    return plans
+
+
+def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerSpace],
+                run: Run, journal: Path, study_name: str, artifacts: Path,
+                bars: Bars = QUIET, worker: bool = False) -> SearchOutcome:
+    from optuna.trial import TrialState
+
+    start = time.perf_counter()
+    study = open_study(study_name, open_storage(cfg.storage, journal),
+                       make_sampler(cfg.sampler, cfg.seed), list(cfg.objectives), worker)
+    done0 = finished(study)
+    ran = failures = hits = 0
+    compile_s = 0.0
+    with bars.bar(f"task {problem.ctx.task} search", cfg.trials) as bar:
+        bars.advance(bar, done0)
+        while finished(study) < cfg.trials:
+            if cfg.timeout_s is not None and time.perf_counter() - start >= cfg.timeout_s:
+                log.info("search budget of %.0f s spent after %d trials", cfg.timeout_s, ran)
+                break
+            trial = study.ask()
+            plans = suggest_plans(trial, space)
+            child = run.child(f"trial-{trial.number}", tags={"taskpack.trial": str(trial.number)})
+            trial.set_user_attr("mlflow_run_id", child.run_id)
+            child.log_params({f"{n}.{k}": str(v) for n, p in plans.items()
+                              for k, v in p.model_dump().items()})
+            ran += 1
+            try:
+                res = problem.run(plans)
+            except (TaskpackError, PipelineError, RuntimeError, ValueError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:500]
+                trial.set_user_attr("failure_reason", reason)
+                study.tell(trial, state=TrialState.FAIL)
+                child.set_tags({"failure_reason": reason, "pareto": "false"})
+                child.end("FAILED")
+                failures += 1
+                bars.advance(bar, info=f"failed {failures}")
+                continue
+            compile_s += res.latency.seconds
+            hits += int(res.latency.cached)
+            values = {"accuracy": res.accuracy, "latency": res.latency.median_ms,
+                      "bytes": float(res.nbytes)}
+            cons = _constraints(cfg, res, problem.reference_accuracy)
+            trial.set_user_attr("constraints", list(cons.values()))
+            for name, value in cons.items():
+                trial.set_constraint(name, value)
+            trial.set_user_attr("scores", values)
+            trial.set_user_attr("latency_p90_ms", res.latency.p90_ms)
+            trial.set_user_attr("labels", res.latency.labels)
+            study.tell(trial, [values[o] for o in cfg.objectives])
+            child.log_metrics({"val_accuracy": res.accuracy,
+                               "acc_drop": problem.reference_accuracy - res.accuracy,
+                               "latency_median_ms": res.latency.median_ms,
+                               "latency_p90_ms": res.latency.p90_ms,
+                               "store_bytes": float(res.nbytes), "trial_seconds": res.seconds})
+            child.set_tags({"feasible": str(all(c <= 0 for c in cons.values())).lower(),
+                            "latency_cached": str(res.latency.cached).lower(),
+                            **{f"label.{k}": v for k, v in res.latency.labels.items()}})
+            child.end("FINISHED")
+            points = _points(study)
+            bars.advance(bar, info=f"failed {failures}, front {len(pareto_front(points))}")
+    points = _points(study)
+    if not points:
+        raise PipelineError(f"task {problem.ctx.task}: all {finished(study)} search trials "
+                            "failed; see the failure_reason tags of the trial runs")
+    chosen, reason = select(points, cfg.selection.policy, cfg.selection.value,
+                            problem.reference_accuracy)
+    front = pareto_front([p for p in points if p.feasible])
+    params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            run.reopen(run_id).set_tags({"pareto": str(any(p.number == t.number
+                                                          for p in front)).lower(),
+                                         "chosen": str(t.number == chosen.number).lower()})
+    files = write_front(points, chosen, params, artifacts,
+                        f"task {problem.ctx.task}: {len(points)} trials, {len(front)} on front")
+    for f in files:
+        run.log_artifact(f, "pareto")
+    run.set_tags({"search.chosen_trial": str(chosen.number), "search.reason": reason})
+    wall = time.perf_counter() - start
+    stats = {"search_trials": float(finished(study)), "search_failures": float(failures),
+             "search_front_size": float(len(front)), "search_wall_s": wall,
+             "search_compile_s": compile_s, "search_cache_hits": float(hits),
+             "search_chosen_trial": float(chosen.number),
+             "search_reference_val_acc": problem.reference_accuracy}
+    (artifacts / "chosen.json").write_text(json.dumps(
+        {"trial": chosen.number, "reason": reason, "params": params.get(chosen.number, {})},
+        indent=2))
+    run.log_artifact(artifacts / "chosen.json", "pareto")
+    return SearchOutcome(_plans_from_params(params[chosen.number], space), chosen.number,
+                         reason, points, front, ran, failures, wall, compile_s, hits, stats)
+
+
+def _points(study) -> list[Point]:
+    from optuna.trial import TrialState
+
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        s = t.user_attrs.get("scores", {})
+        out.append(Point(t.number, s.get("accuracy", math.nan), s.get("latency", 0.0),
+                         s.get("bytes", 0.0),
+                         all(c <= 0 for c in t.user_attrs.get("constraints", (0.0,)))))
+    return out

@@ -1,0 +1,56 @@
+"""Latency of a candidate, measured on the model compiled for the recipe's target.
+
+Results are cached by the compilers' ``structure_key`` (layer types, shapes and zero patterns,
+not weight values) plus target and transforms, in memory and in a JSON file next to the tuning
+database, so a structure measured once costs nothing again, in this process or after a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from search._objective import Latency, LatencyFn
+
+log = logging.getLogger(__name__)
+
+
+def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
+    """A LatencyFn compiling with the target's backend, transforms and tuning budget."""
+    from compilers import get_compiler, measure
+    from compilers.hashing import structure_key
+    from pipeline.targets import to_target
+
+    target = to_target(target_cfg)
+    compiler = get_compiler(target_cfg.backend)
+    transforms = tuple(target_cfg.transforms) if target_cfg.backend == "tvm" else ("shrink",)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    table = cache_dir / "latency-cache.json"
+    cache: dict[str, dict] = json.loads(table.read_text()) if table.exists() else {}
+
+    def latency(module: nn.Module, example: torch.Tensor) -> Latency:
+        key = structure_key(module, example, target, transforms, backend=compiler.name,
+                            tune_trials=target_cfg.tune_trials)
+        if key in cache:
+            return replace(Latency(**cache[key]), cached=True, seconds=0.0)
+        start = time.perf_counter()
+        compiled = compiler.compile(module, example, target, transforms=transforms,
+                                    tune_trials=target_cfg.tune_trials, cache_dir=cache_dir)
+        m = measure(compiled, example)
+        labels = {k: str(v) for k, v in compiled.notes.get("labels", {}).items()}
+        result = Latency(m.median_ms, m.p90_ms, tuned=compiled.tuned,
+                         seconds=time.perf_counter() - start, labels=labels)
+        cache[key] = asdict(result)
+        tmp = table.with_name(table.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, table)
+        return result
+
+    return latency

@@ -1,0 +1,102 @@
+"""One trial: apply a sampled plan with the pipeline's own compression passes, then score it.
+
+Scores: validation accuracy through the task's compressed subnetwork, latency measured on the
+model compiled for the target (cached by the compiled structure), and the exact bytes the task
+would add to the packed store. Constraint values go to Optuna via ``user_attrs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pipeline.compress import CompressContext, LayerResult, finetune_own, prune, quantize
+from pipeline.recipe import LayerPlan
+from pipeline.store import LayerCommit, PackedStore, TaskCommit
+from pipeline.subnet import task_module
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    p90_ms: float
+    tuned: bool = False
+    cached: bool = False
+    seconds: float = 0.0  # compile + tune + measure time charged to the budget
+    labels: dict[str, str] = field(default_factory=dict)  # layer -> speed-realizable/storage-only
+
+
+LatencyFn = Callable[[nn.Module, torch.Tensor], Latency]
+
+
+@dataclass
+class TrialResult:
+    plans: dict[str, LayerPlan]
+    layers: dict[str, LayerResult]
+    tensors: dict[str, torch.Tensor]
+    accuracy: float
+    latency: Latency
+    nbytes: int
+    seconds: float
+
+
+@dataclass
+class TaskProblem:
+    """Everything a trial of task ``ctx.task`` needs; built once per task."""
+
+    ctx: CompressContext
+    trained: dict[str, LayerResult]  # the task right after training (own/mask, fp32 values)
+    store: PackedStore
+    split_layers: set[str]
+    reference_accuracy: float  # validation accuracy of the uncompressed task
+    example: torch.Tensor  # one batch at the latency batch size
+    latency_fn: LatencyFn
+    finetune_epochs: int = 0
+    lr: float = 1e-4
+    batch_size: int = 128
+    seed: int = 0
+    quant_fallback: tuple[int, ...] = (8,)
+
+    def apply(self, plans: dict[str, LayerPlan]) -> tuple[dict[str, LayerResult],
+                                                          dict[str, torch.Tensor], float]:
+        """The task compressed by ``plans``: (layers, task tensors, validation accuracy)."""
+        layers = {n: LayerResult(r.mask.clone(), r.own.clone(), r.values.clone(),
+                                 own_before=r.own_before) for n, r in self.trained.items()}
+        ctx = copy.copy(self.ctx)
+        ctx.task_tensors = {k: v.clone() for k, v in self.ctx.task_tensors.items()}
+        prune(ctx, layers, plans, delta=math.inf, steps=len(plans), step_fraction=1.0,
+              gated=False)
+        if self.finetune_epochs:
+            finetune_own(ctx, layers, self.finetune_epochs, self.lr, self.batch_size, self.seed)
+        quantize(ctx, layers, plans, list(self.quant_fallback), delta=math.inf, adaptive=False,
+                 required=self.split_layers)
+        acc = ctx.accuracy(layers)
+        self.ctx.evaluations += ctx.evaluations
+        return layers, ctx.task_tensors, acc
+
+    def commit_of(self, layers: dict[str, LayerResult],
+                  tensors: dict[str, torch.Tensor]) -> TaskCommit:
+        return TaskCommit(task=self.ctx.task,
+                          layers={n: LayerCommit(r.mask, r.own, r.bits, r.values, r.codebook)
+                                  for n, r in layers.items()},
+                          tensors=tensors)
+
+    def module_of(self, layers: dict[str, LayerResult],
+                  tensors: dict[str, torch.Tensor]) -> nn.Module:
+        snap = {f"{n}.weight": torch.where(r.mask, r.values, 0.0) for n, r in layers.items()}
+        snap.update(tensors)
+        return task_module(self.ctx.model, snap, self.ctx.task)
+
+    def run(self, plans: dict[str, LayerPlan]) -> TrialResult:
+        start = time.perf_counter()
+        layers, tensors, acc = self.apply(plans)
+        nbytes = self.store.encoded_size(self.commit_of(layers, tensors))
+        latency = self.latency_fn(self.module_of(layers, tensors), self.example)
+        return TrialResult(plans, layers, tensors, acc, latency, nbytes,
+                           time.perf_counter() - start)

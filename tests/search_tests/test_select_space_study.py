@@ -1,0 +1,86 @@
+"""Search building blocks: Pareto front, selection policies, space, resumable seeded studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from pipeline.errors import RecipeError
+from pipeline.recipe import LayerPlan
+from pipeline.recipe._schema import SearchSpaceRule
+from search import Point, pareto_front, resolve_space, select, suggest_plans
+from search._study import finished, make_sampler, open_storage, open_study
+
+PTS = [Point(0, 98.0, 1.0, 100), Point(1, 97.0, 0.5, 100), Point(2, 96.0, 0.5, 100),
+       Point(3, 97.5, 0.7, 50), Point(4, 99.0, 2.0, 200, feasible=False)]
+
+
+def test_pareto_front() -> None:
+    assert {p.number for p in pareto_front(PTS[:4])} == {0, 1, 3}
+
+
+def test_policies() -> None:
+    p, why = select(PTS, "min_latency_within_acc_drop", 0.6, 98.0)
+    assert p.number == 3 and "within 0.6 points" in why
+    p, _ = select(PTS, "min_latency_within_acc_drop", 1.0, 98.0)
+    assert p.number == 1
+    p, why = select(PTS, "min_latency_within_acc_drop", 0.1, 99.5)
+    assert p.number == 0 and "took the most accurate" in why  # nothing close: most accurate
+    p, _ = select(PTS, "max_accuracy_under_latency_ms", 0.8, 98.0)
+    assert p.number == 3
+    p, why = select(PTS, "knee", None, 98.0)
+    assert p.number in {0, 1, 3} and why.startswith("knee")
+    with pytest.raises(ValueError, match="no feasible trial"):
+        select([PTS[4]], "knee", None, 98.0)
+
+
+def test_space_resolution_and_suggestion() -> None:
+    rules = [SearchSpaceRule(match="backbone.4", sparsity=(0.5, 0.5), patterns=["channel"],
+                             bits=[8]),
+             SearchSpaceRule(match=r"backbone\.\d", sparsity=(0.0, 0.8), sparsity_step=0.2,
+                             patterns=["unstructured", "block(16, 1)"], bits=[4, 8])]
+    space = resolve_space(rules, ["backbone.1", "backbone.4"])
+    assert space["backbone.4"].patterns == ("channel",)
+    assert space["backbone.1"].patterns == ("unstructured", "block(16,1)")
+    trial = optuna.trial.FixedTrial({"backbone.1.sparsity": 0.6, "backbone.1.pattern":
+                                     "block(16,1)", "backbone.1.bits": 4})
+    plans = suggest_plans(trial, space)
+    assert plans == {"backbone.1": LayerPlan(sparsity=0.6, pattern="block(16,1)", bits=4),
+                     "backbone.4": LayerPlan(sparsity=0.5, pattern="channel", bits=8)}
+    with pytest.raises(RecipeError, match="no rule matches layer 'head'"):
+        resolve_space([SearchSpaceRule(match="backbone.1")], ["head"])
+
+
+def _objective(trial: optuna.Trial) -> tuple[float, float]:
+    x = trial.suggest_float("x", 0, 1, step=0.1)
+    c = trial.suggest_categorical("c", ["a", "b", "c"])
+    trial.set_constraint("x", x - 0.8)
+    return x + (c == "b"), (1 - x) ** 2
+
+
+@pytest.mark.parametrize("kind", ["nsga2", "tpe", "random"])
+def test_resumed_study_asks_what_an_uninterrupted_one_would(tmp_path: Path, kind: str) -> None:
+    def params_of(study: optuna.Study) -> list[dict]:
+        return [t.params for t in study.get_trials()]
+
+    straight = open_study("s", open_storage(None, tmp_path / "a.journal"),
+                          make_sampler(kind, 7), ["accuracy", "latency"])
+    straight.optimize(_objective, n_trials=12)
+    first = open_study("s", open_storage(None, tmp_path / "b.journal"),
+                       make_sampler(kind, 7), ["accuracy", "latency"])
+    first.optimize(_objective, n_trials=5)
+    dangling = first.ask()  # a trial left RUNNING, as after a SIGKILL
+    del dangling
+    resumed = open_study("s", open_storage(None, tmp_path / "b.journal"),
+                         make_sampler(kind, 7), ["accuracy", "latency"])
+    states = [t.state for t in resumed.get_trials()]
+    assert states[5] == optuna.trial.TrialState.FAIL  # the interrupted trial: not repeated
+    assert finished(resumed) == 6
+    resumed.optimize(_objective, n_trials=7)
+    done = [p for t, p in zip(resumed.get_trials(), params_of(resumed), strict=True)
+            if t.state == optuna.trial.TrialState.COMPLETE]
+    assert params_of(straight)[:5] == done[:5]
+    if kind == "random":  # history-free: every later trial matches too, shifted by the failure
+        assert params_of(straight)[6:12] == done[5:11]
