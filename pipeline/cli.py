@@ -79,8 +79,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
+    compress = None
+    if recipe.search.enabled:
+        from search import make_search_compressor
+
+        compress = make_search_compressor(recipe)
     with Bars() as bars:
-        result = run_recipe(recipe, tracker, bars, fresh=args.fresh)
+        result = run_recipe(recipe, tracker, bars, fresh=args.fresh, compress=compress)
     out = Console()
     out.print(summary_table(result))
     if result.resumed_from:

@@ -31,9 +31,21 @@ __all__ = [
 ]
 
 
-def make_search_compressor(latency_fn: LatencyFn, worker: bool = False) -> CompressFn:
-    """The runner's compress stage, searching each task's plan with Optuna."""
+def make_search_compressor(recipe, latency_fn: LatencyFn | None = None,
+                           worker: bool = False) -> CompressFn:
+    """The runner's compress stage, searching each task's plan with Optuna.
+
+    Latency defaults to the model compiled for the recipe's search target (``search.target``,
+    else the first target), measured by ``compilers.measure`` and cached by structure.
+    """
     import torch
+
+    from pipeline.targets import find_target
+    from search._latency import compiled_latency, realizability_labels
+
+    target_cfg = find_target(recipe, recipe.search.target)
+    cache_dir = recipe.output_dir.parent / "tvm-cache"
+    latency_fn = latency_fn or compiled_latency(target_cfg, cache_dir)
 
     from pipeline.compress import CompressContext, LayerResult, summarize
     from pipeline.errors import RecipeError
@@ -61,7 +73,8 @@ def make_search_compressor(latency_fn: LatencyFn, worker: bool = False) -> Compr
             example=task.val.x[: cfg.latency_batch].contiguous(), latency_fn=latency_fn,
             finetune_epochs=cfg.finetune_epochs, lr=recipe.train.lr / 10,
             batch_size=recipe.train.batch_size, seed=recipe.train.seed + t,
-            quant_fallback=tuple(narrow) or (8,))
+            quant_fallback=tuple(narrow) or (8,),
+            labels_fn=realizability_labels(target_cfg, s.model.layer_shapes()))
         folder = s.run_dir / "search"
         outcome = search_task(problem, cfg, space, run, folder / f"task-{t}.journal",
                               f"{recipe.name}-task-{t}", folder / f"task-{t}", bars, worker)

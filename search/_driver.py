@@ -112,7 +112,7 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
                 trial.set_constraint(name, value)
             trial.set_user_attr("scores", values)
             trial.set_user_attr("latency_p90_ms", res.latency.p90_ms)
-            trial.set_user_attr("labels", res.latency.labels)
+            trial.set_user_attr("labels", res.labels)
             study.tell(trial, [values[o] for o in cfg.objectives])
             child.log_metrics({"val_accuracy": res.accuracy,
                                "acc_drop": problem.reference_accuracy - res.accuracy,
@@ -121,7 +121,7 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
                                "store_bytes": float(res.nbytes), "trial_seconds": res.seconds})
             child.set_tags({"feasible": str(all(c <= 0 for c in cons.values())).lower(),
                             "latency_cached": str(res.latency.cached).lower(),
-                            **{f"label.{k}": v for k, v in res.latency.labels.items()}})
+                            **{f"label.{k}": v for k, v in res.labels.items()}})
             child.end("FINISHED")
             points = _points(study)
             bars.advance(bar, info=f"failed {failures}, front {len(pareto_front(points))}")

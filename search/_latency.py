@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, replace
@@ -44,9 +45,8 @@ def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
         compiled = compiler.compile(module, example, target, transforms=transforms,
                                     tune_trials=target_cfg.tune_trials, cache_dir=cache_dir)
         m = measure(compiled, example)
-        labels = {k: str(v) for k, v in compiled.notes.get("labels", {}).items()}
-        result = Latency(m.median_ms, m.p90_ms, tuned=compiled.tuned,
-                         seconds=time.perf_counter() - start, labels=labels)
+        result = Latency(m.median_ms, m.p90_ms, tuned=m.tuned,
+                         seconds=time.perf_counter() - start)
         cache[key] = asdict(result)
         tmp = table.with_name(table.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cache))
@@ -54,3 +54,23 @@ def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
         return result
 
     return latency
+
+
+def realizability_labels(target_cfg, shapes: dict[str, tuple[int, ...]]):
+    """plans -> {layer: "speed-realizable" | "storage-only"} on the target (compilers' rule)."""
+    from compilers import LayerSpec, layer_realizability
+    from pipeline.targets import to_target
+
+    target = to_target(target_cfg)
+
+    def labels(plans) -> dict[str, str]:
+        out = {}
+        for name, plan in plans.items():
+            shape = shapes[name]
+            spec = LayerSpec(kind="linear" if len(shape) == 2 else "conv2d",
+                             out_features=shape[0], in_features=int(math.prod(shape[1:])),
+                             sparsity=plan.sparsity, pattern=plan.pattern, bits=plan.bits)
+            out[name] = layer_realizability(spec, target)
+        return out
+
+    return labels

@@ -29,7 +29,6 @@ class Latency:
     tuned: bool = False
     cached: bool = False
     seconds: float = 0.0  # compile + tune + measure time charged to the budget
-    labels: dict[str, str] = field(default_factory=dict)  # layer -> speed-realizable/storage-only
 
 
 LatencyFn = Callable[[nn.Module, torch.Tensor], Latency]
@@ -44,6 +43,7 @@ class TrialResult:
     latency: Latency
     nbytes: int
     seconds: float
+    labels: dict[str, str] = field(default_factory=dict)  # layer -> speed-realizable/storage-only
 
 
 @dataclass
@@ -62,6 +62,7 @@ class TaskProblem:
     batch_size: int = 128
     seed: int = 0
     quant_fallback: tuple[int, ...] = (8,)
+    labels_fn: Callable[[dict[str, LayerPlan]], dict[str, str]] | None = None
 
     def apply(self, plans: dict[str, LayerPlan]) -> tuple[dict[str, LayerResult],
                                                           dict[str, torch.Tensor], float]:
@@ -98,5 +99,6 @@ class TaskProblem:
         layers, tensors, acc = self.apply(plans)
         nbytes = self.store.encoded_size(self.commit_of(layers, tensors))
         latency = self.latency_fn(self.module_of(layers, tensors), self.example)
+        labels = self.labels_fn(plans) if self.labels_fn else {}
         return TrialResult(plans, layers, tensors, acc, latency, nbytes,
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, labels)
