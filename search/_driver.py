@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,9 +122,9 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
                             "latency_cached": str(res.latency.cached).lower(),
                             **{f"label.{k}": v for k, v in res.labels.items()}})
             child.end("FINISHED")
-            points = _points(study)
+            points = _points(study, list(cfg.objectives))
             bars.advance(bar, info=f"failed {failures}, front {len(pareto_front(points))}")
-    points = _points(study)
+    points = _points(study, list(cfg.objectives))
     if not points:
         raise PipelineError(f"task {problem.ctx.task}: all {finished(study)} search trials "
                             "failed; see the failure_reason tags of the trial runs")
@@ -158,13 +157,15 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
                          reason, points, front, ran, failures, wall, compile_s, hits, stats)
 
 
-def _points(study) -> list[Point]:
+def _points(study, objectives: list[str]) -> list[Point]:
+    """Finished trials as points; a score that is not an objective is left out (0), so the
+    selection depends on the configured objectives only."""
     from optuna.trial import TrialState
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        s = t.user_attrs.get("scores", {})
-        out.append(Point(t.number, s.get("accuracy", math.nan), s.get("latency", 0.0),
+        s = {k: v for k, v in t.user_attrs.get("scores", {}).items() if k in objectives}
+        out.append(Point(t.number, s.get("accuracy", 0.0), s.get("latency", 0.0),
                          s.get("bytes", 0.0),
                          all(c <= 0 for c in t.user_attrs.get("constraints", (0.0,)))))
     return out

@@ -14,6 +14,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DIRECTIONS = {"accuracy": "maximize", "latency": "minimize", "bytes": "minimize"}
+INTERRUPTED = "interrupted (process killed)"
 
 
 def make_sampler(kind: str, seed: int):
@@ -55,7 +56,11 @@ def _per_trial_seeded(inner, seed: int):
             return self.inner.sample_independent(study, trial, param_name, param_distribution)
 
         def before_trial(self, study, trial) -> None:
-            self._reseed(trial.number)
+            # a trial re-asked after an interrupted one takes its seed: the resumed study then
+            # asks exactly what the uninterrupted one did
+            skipped = sum(1 for t in study.get_trials(deepcopy=False)
+                          if t.number < trial.number and _interrupted(t))
+            self._reseed(trial.number - skipped)
             self.inner.before_trial(study, trial)
 
         def after_trial(self, study, trial, state, values) -> None:
@@ -91,14 +96,20 @@ def open_study(name: str, storage, sampler, objectives: list[str], worker: bool 
                                 load_if_exists=True)
     if not worker:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(t._trial_id, "failure_reason",
-                                               "interrupted (process killed)")
+            study._storage.set_trial_user_attr(t._trial_id, "failure_reason", INTERRUPTED)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             log.info("trial %d was interrupted; marked FAIL", t.number)
     return study
 
 
+def _interrupted(trial) -> bool:
+    return trial.user_attrs.get("failure_reason") == INTERRUPTED
+
+
 def finished(study) -> int:
+    """Trials that count toward the budget: complete or genuinely failed, not interrupted."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+    return sum(1 for t in study.get_trials(deepcopy=False,
+                                           states=(TrialState.COMPLETE, TrialState.FAIL))
+               if not _interrupted(t))

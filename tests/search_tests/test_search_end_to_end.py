@@ -1,0 +1,121 @@
+"""The search on real MNIST with real TVM builds, tracked in a real MLflow store (slow, tvm).
+
+Reads the Pareto fronts back through MLflow's API, and kills a search with SIGKILL to check that
+a re-run loses and repeats no finished trial and commits the same store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.recipe import load_recipe
+from pipeline.runner import run_recipe
+from pipeline.store import PackedStore
+from pipeline.tracking import build_tracker
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.tvm]
+
+BASE = ["benchmark.train_limit=1000", "benchmark.test_limit=300", "train.epochs=1",
+        "train.batch_size=32", "benchmark.val_fraction=0.05", "model.hidden=[64, 64]",
+        "benchmark.tasks=2", "search.enabled=true", "search.trials=4",
+        "targets=[{name: host, backend: tvm}]"]
+
+
+def _recipe(tmp_path: Path, *extra: str):
+    return load_recipe(REPO / "recipes/quickstart.yaml", [
+        *BASE, f"output_dir={tmp_path / 'runs'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlruns/mlflow.db'}",
+        f"tracking.artifact_location={tmp_path / 'mlruns/artifacts'}", *extra])
+
+
+def test_pareto_fronts_are_in_mlflow(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from search import make_search_compressor
+
+    recipe = _recipe(tmp_path)
+    result = run_recipe(recipe, build_tracker(recipe.tracking),
+                        compress=make_search_compressor(recipe))
+    assert result.bwt == 0.0
+    client = MlflowClient(tracking_uri=recipe.tracking.uri)
+    exp = client.get_run(result.run_id).info.experiment_id
+    tasks = client.search_runs([exp], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert sorted(r.info.run_name for r in tasks) == ["task-0", "task-1"]
+    for task_run in tasks:
+        trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{task_run.info.run_id}'")
+        assert sorted(r.info.run_name for r in trials) == [f"trial-{i}" for i in range(4)]
+        for r in trials:
+            m = r.data.metrics
+            assert {"val_accuracy", "latency_median_ms", "latency_p90_ms",
+                    "store_bytes"} <= m.keys()
+            assert m["latency_median_ms"] > 0 and m["store_bytes"] > 0
+            assert r.data.tags["pareto"] in ("true", "false")
+            assert r.data.params["backbone.1.pattern"] in ("unstructured", "block(16,1)")
+            assert r.data.tags["label.backbone.1"] in ("speed-realizable", "storage-only")
+        chosen = [r for r in trials if r.data.tags.get("chosen") == "true"]
+        assert len(chosen) == 1 and chosen[0].data.tags["pareto"] == "true"
+        assert task_run.data.tags["search.chosen_trial"] == chosen[0].info.run_name.split("-")[1]
+        assert "search.reason" in task_run.data.tags
+        files = {a.path for a in client.list_artifacts(task_run.info.run_id, "pareto")}
+        assert files == {"pareto/pareto.csv", "pareto/pareto.png", "pareto/pareto.html",
+                         "pareto/chosen.json"}
+
+
+def _cli(out: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "pipeline.cli", "run", str(REPO / "recipes/quickstart.yaml"),
+            "--no-track"]
+    for s in [*BASE, f"output_dir={out}", "search.objectives=[accuracy, bytes]",
+              "search.selection.policy=knee"]:
+        args += ["--set", s]
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def _complete(journal: Path, name: str) -> list[dict]:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if not journal.exists():
+        return []
+    study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(journal))))
+    return [t.params for t in study.get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path: Path) -> None:
+    run_dir = tmp_path / "killed" / "quickstart"
+    journal = run_dir / "search" / "task-0.journal"
+    proc = _cli(tmp_path / "killed")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(_complete(journal, "quickstart-task-0")) < 2:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _complete(journal, "quickstart-task-0")
+    assert 2 <= len(before) < 4, "kill the search in the middle"
+    resumed = _cli(tmp_path / "killed")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    after = _complete(journal, "quickstart-task-0")
+    assert after[: len(before)] == before  # nothing lost
+    assert len(after) == 4  # finished trials not repeated; an interrupted one is re-asked
+
+    straight = _cli(tmp_path / "straight")
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err
+    a = PackedStore.open(run_dir / "store.tpk")
+    b = PackedStore.open(tmp_path / "straight" / "quickstart" / "store.tpk")
+    assert a.num_tasks == b.num_tasks == 2
+    assert after == _complete(tmp_path / "straight" / "quickstart" / "search" / "task-0.journal",
+                              "quickstart-task-0")  # the same trials as without the kill
+    assert a.path.read_bytes() == b.path.read_bytes()  # and the same committed store
