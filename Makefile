@@ -4,14 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup data lint clean
+.PHONY: demo test setup toolchain data lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) toolchain
+
+# Debian's aarch64 cross gcc links cross-compiled TVM libraries (aarch64 export bundles).
+# Best effort: without it (no root, no apt) the aarch64 test skips and says why.
+toolchain:
+	@command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || \
+	  { (apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null 2>&1)) || \
+	    echo "note: gcc-aarch64-linux-gnu not installed; aarch64 export tests will skip"; }
 
 data: setup
 	$(BIN)/taskpack data fetch mnist

@@ -64,21 +64,30 @@ def write_heatmap(result: RunResult, path: Path) -> Path:
 def summary_table(result: RunResult) -> Table:
     table = Table(title=f"{result.recipe.name}: {result.recipe.benchmark.stream}, "
                         f"{result.recipe.model.arch}, {result.recipe.method.kind}")
-    for col in ("task", "name", "acc at commit", "acc final", "epochs", "train s"):
+    searched = any("search_chosen_trial" in r.compression for r in result.tasks)
+    cols = ["task", "name", "acc at commit", "acc final", "epochs", "train s"]
+    if searched:
+        cols += ["chosen trial", "latency ms", "bytes"]
+    for col in cols:
         table.add_column(col, justify="right" if col != "name" else "left")
     final = result.matrix.final
     for rec in result.tasks:
-        tr = rec.train
-        table.add_row(str(rec.index), rec.name, f"{rec.acc_at_commit:.2f}",
-                      f"{final[rec.index]:.2f}", str(tr.epochs) if tr else "resumed",
-                      f"{tr.seconds:.1f}" if tr else "-")
+        tr, c = rec.train, rec.compression
+        row = [str(rec.index), rec.name, f"{rec.acc_at_commit:.2f}", f"{final[rec.index]:.2f}",
+               str(tr.epochs) if tr else "resumed", f"{tr.seconds:.1f}" if tr else "-"]
+        if searched:
+            row += [f"{c.get('search_chosen_trial', float('nan')):.0f}",
+                    f"{c.get('search_chosen_latency_ms', float('nan')):.3f}",
+                    f"{c.get('search_chosen_bytes', float('nan')):,.0f}"]
+        table.add_row(*row)
     table.add_section()
-    table.add_row("ACC", "", "", f"{result.acc:.2f}", "", "")
-    table.add_row("BWT", "", "", f"{result.bwt:+.3f}", "", "")
-    table.add_row("FWT", "", "", f"{result.matrix.fwt():+.2f}", "", "")
-    table.add_row("wall", "", "", f"{result.wall_s:.1f} s", "", "")
+    pad = [""] * (len(cols) - 4)
+    table.add_row("ACC", "", "", f"{result.acc:.2f}", *pad)
+    table.add_row("BWT", "", "", f"{result.bwt:+.3f}", *pad)
+    table.add_row("FWT", "", "", f"{result.matrix.fwt():+.2f}", *pad)
+    table.add_row("wall", "", "", f"{result.wall_s:.1f} s", *pad)
     sm = result.store_metrics
     if sm:
-        table.add_row("store", "", "", f"{sm['store/bytes_total'] / 1e6:.3f} MB", "", "")
-        table.add_row("vs fp32", "", "", f"{sm['store/ratio_to_dense_fp32']:.4f}x", "", "")
+        table.add_row("store", "", "", f"{sm['store/bytes_total'] / 1e6:.3f} MB", *pad)
+        table.add_row("vs fp32", "", "", f"{sm['store/ratio_to_dense_fp32']:.4f}x", *pad)
     return table

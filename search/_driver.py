@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,9 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
              "search_front_size": float(len(front)), "search_wall_s": wall,
              "search_compile_s": compile_s, "search_cache_hits": float(hits),
              "search_chosen_trial": float(chosen.number),
+             "search_chosen_val_acc": chosen.accuracy,
+             "search_chosen_latency_ms": _score(study, chosen.number, "latency"),
+             "search_chosen_bytes": _score(study, chosen.number, "bytes"),
              "search_reference_val_acc": problem.reference_accuracy}
     (artifacts / "chosen.json").write_text(json.dumps(
         {"trial": chosen.number, "reason": reason, "params": params.get(chosen.number, {})},
@@ -155,6 +159,10 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
     run.log_artifact(artifacts / "chosen.json", "pareto")
     return SearchOutcome(_plans_from_params(params[chosen.number], space), chosen.number,
                          reason, points, front, ran, failures, wall, compile_s, hits, stats)
+
+
+def _score(study, number: int, name: str) -> float:
+    return float(study.trials[number].user_attrs.get("scores", {}).get(name, math.nan))
 
 
 def _points(study, objectives: list[str]) -> list[Point]:

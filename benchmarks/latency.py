@@ -1,0 +1,210 @@
+"""Latency of one task's subnetwork across backends and compile-time transforms.
+
+Seeded synthetic MLP 784-2000-2000 + 10-way head; hidden layers pruned in 16x1 blocks (90% of
+blocks removed) and 10% of the second layer's units dead (zero rows: what `shrink` removes).
+Rows, side by side in one run at batch 1 and 64: PyTorch eager (dense-masked), ONNX Runtime
+(dense-masked), TVM untuned, TVM tuned dense, TVM tuned + shrink, TVM tuned + block-sparse,
+TVM tuned + shrink + block-sparse. Every figure is measured in this run; the roofline bound uses
+memory bandwidth and matmul throughput measured here too.
+
+    python benchmarks/latency.py            # full (MetaSchedule budget --trials per workload)
+    python benchmarks/latency.py --quick    # small MLP, few trials
+
+``benchmark_module(module, example_input, ...)`` is the hook for measuring any nn.Module (e.g. a
+task loaded from a store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compilers import Target, get_compiler, measure
+from compilers.measure import Measurement
+from compilers.transforms import shrink, to_block_sparse
+
+
+def synthetic_mlp(sizes: tuple[int, ...], density: float, dead: float, seed: int) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    model = nn.Sequential(*layers).eval()
+    hidden = [m for m in model if isinstance(m, nn.Linear)][:-1]
+    with torch.no_grad():
+        for layer in hidden:
+            out, inp = layer.weight.shape
+            keep = torch.rand(out // 16, inp, generator=gen) < density
+            layer.weight.mul_(keep.repeat_interleave(16, 0).float())
+        dead_units = torch.randperm(hidden[-1].out_features, generator=gen)[
+            : int(dead * hidden[-1].out_features)
+        ]
+        hidden[-1].weight[dead_units] = 0
+        hidden[-1].bias[dead_units] = 0
+    return model
+
+
+def measured_bandwidth_gbs() -> float:
+    src = np.ones(64 * 2**20 // 4, np.float32)  # 64 MiB: far beyond L3
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best / 1e9  # read + write
+
+
+def measured_peak_gflops() -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 1024**3 / best / 1e9
+
+
+def _work(model: nn.Module, batch: int) -> tuple[float, float]:
+    """(weight bytes read, FLOPs) of one forward pass of what the row actually executes."""
+    bytes_, flops = 0.0, 0.0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            n = float(m.weight.numel())  # dense kernels read every weight, zeros included
+            bytes_ += 4 * n
+            flops += 2 * batch * n
+        elif type(m).__name__ == "BlockSparseLinear":
+            n = float((m.weight != 0).sum())
+            bytes_ += 4 * n + 4 * n / (m.bh * m.bw)  # values + one int32 index per block
+            flops += 2 * batch * n
+    return bytes_, flops
+
+
+@dataclass
+class Row:
+    name: str
+    m: Measurement
+    bound_ms: float
+
+
+def _onnx_row(model: nn.Module, x: torch.Tensor) -> Measurement:
+    import onnxruntime as ort
+
+    from compilers._base import CompiledModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"])
+        opts = ort.SessionOptions()
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+
+    class OrtModel(CompiledModel):
+        def run(self, inp: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(sess.run(None, {"x": inp.numpy()})[0])
+
+        def time_per_run(self, inp: torch.Tensor, number: int) -> float:
+            t = time.perf_counter()
+            for _ in range(number):
+                sess.run(None, feed)
+            return (time.perf_counter() - t) / number
+
+    compiled = OrtModel(backend="onnxruntime", target=Target.host(), input_shape=tuple(x.shape),
+                        compiler_version=f"onnxruntime-{ort.__version__}", key="ort")
+    return measure(compiled, x)
+
+
+def benchmark_module(
+    module: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    tune_trials: int,
+    cache_dir: Path,
+    bandwidth_gbs: float,
+    peak_gflops: float,
+) -> list[Row]:
+    """Measure every row for one module and input; returns the rows (medians, bounds)."""
+    batch = example_input.shape[0]
+    host, tvm = Target.host(), get_compiler("tvm")
+    shrunk = shrink(module)
+
+    def bound(model: nn.Module, _sparse: bool) -> float:
+        b, f = _work(model, batch)
+        return max(b / (bandwidth_gbs * 1e9), f / (peak_gflops * 1e9)) * 1e3
+
+    rows = [
+        Row("PyTorch eager (dense-masked)",
+            measure(get_compiler("eager").compile(module, example_input, host), example_input),
+            bound(module, False)),
+        Row("ONNX Runtime (dense-masked)", _onnx_row(module, example_input), bound(module, False)),
+    ]
+    variants = [
+        ("TVM untuned", (), 0, module, False),
+        ("TVM tuned dense", (), tune_trials, module, False),
+        ("TVM tuned + shrink", ("shrink",), tune_trials, shrunk, False),
+        ("TVM tuned + block-sparse", ("block_sparse",), tune_trials, to_block_sparse(module),
+         True),
+        ("TVM tuned + shrink + block-sparse", ("shrink", "block_sparse"), tune_trials,
+         to_block_sparse(shrunk), True),
+    ]
+    for name, transforms, trials, executed, sparse in variants:
+        compiled = tvm.compile(module, example_input, host, transforms=transforms,
+                               tune_trials=trials, cache_dir=cache_dir)
+        rows.append(Row(name, measure(compiled, example_input), bound(executed, sparse)))
+    return rows
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    by = {r.name: r.m.median_ms for r in rows}
+    dense = by["TVM tuned dense"]
+    print(f"\n{title}")
+    print(f"| {'row':36s} | median ms | p10-p90 ms      | CV    | vs tuned dense | bound ms |")
+    print(f"|{'-' * 38}|-----------|-----------------|-------|----------------|----------|")
+    for r in rows:
+        m = r.m
+        print(f"| {r.name:36s} | {m.median_ms:9.4f} | {m.p10_ms:6.4f}-{m.p90_ms:<8.4f} | "
+              f"{m.cv:5.3f} | {dense / m.median_ms:13.2f}x | {r.bound_ms:8.4f} |")
+    bs = by["TVM tuned + block-sparse"]
+    print(f"block-sparse vs tuned dense TVM: {dense / bs:.2f}x faster; "
+          f"vs ONNX Runtime dense-masked: {by['ONNX Runtime (dense-masked)'] / bs:.2f}x faster")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small MLP, 4 trials, batch 1 only")
+    p.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per workload")
+    p.add_argument("--cache-dir", type=Path, default=Path("mlruns/tvm-cache"))
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    sizes = (784, 256, 256, 10) if args.quick else (784, 2000, 2000, 10)
+    trials = 4 if args.quick else args.trials
+    batches = [1] if args.quick else args.batches
+    model = synthetic_mlp(sizes, density=0.1, dead=0.1, seed=args.seed)
+    bw, peak = measured_bandwidth_gbs(), measured_peak_gflops()
+    from compilers.targets import device_fingerprint
+
+    print(f"device: {device_fingerprint()}; measured copy bandwidth {bw:.1f} GB/s, "
+          f"torch matmul peak {peak:.1f} GFLOP/s; MLP {'-'.join(map(str, sizes))}, "
+          f"16x1 blocks, 90% of blocks pruned, 10% dead units; trials/workload={trials}")
+    for batch in batches:
+        x = torch.randn(batch, sizes[0], generator=torch.Generator().manual_seed(1))
+        rows = benchmark_module(model, x, tune_trials=trials, cache_dir=args.cache_dir,
+                                bandwidth_gbs=bw, peak_gflops=peak)
+        print_table(f"batch {batch}", rows)
+
+
+if __name__ == "__main__":
+    main()

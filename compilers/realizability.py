@@ -1,0 +1,53 @@
+"""Which compression choices turn into speed on which target (DESIGN §5), for the search.
+
+``speed-realizable``: a kernel or shape change in this package makes the layer faster on the
+target. ``storage-only``: the choice saves bytes in the store but runs as dense fp32 there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .targets import Target
+from .transforms import BLOCK_SHAPES, MAX_BLOCK_DENSITY
+
+__all__ = ["LayerSpec", "Realizability", "layer_realizability"]
+
+Realizability = Literal["speed-realizable", "storage-only"]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What the search decided for one layer: kind, sparsity, pattern and bit-width."""
+
+    kind: Literal["linear", "conv2d"]
+    out_features: int
+    in_features: int
+    sparsity: float
+    pattern: str  # "unstructured" | "n:m" | "block(h,w)" | "channel"
+    bits: int = 32
+
+
+def _block(pattern: str) -> tuple[int, int] | None:
+    if not (pattern.startswith("block(") and pattern.endswith(")")):
+        return None
+    h, w = pattern[len("block("):-1].split(",")
+    return int(h), int(w)
+
+
+def layer_realizability(spec: LayerSpec, target: Target) -> Realizability:
+    """``speed-realizable`` when a transform of this package speeds the layer up on ``target``."""
+    if spec.pattern == "channel" and spec.sparsity > 0:
+        return "speed-realizable"  # shrink removes the channels on every backend
+    block = _block(spec.pattern)
+    if (
+        block in BLOCK_SHAPES
+        and spec.kind == "linear"
+        and target.arch in ("host", "aarch64")
+        and 1 - spec.sparsity <= MAX_BLOCK_DENSITY
+        and spec.out_features % block[0] == 0
+        and spec.in_features % block[1] == 0
+    ):
+        return "speed-realizable"  # the TIR block-sparse kernel (CPU targets only)
+    return "storage-only"  # unstructured / n:m / conv blocks / sub-8-bit: no kernel yet

@@ -1,0 +1,211 @@
+"""Compile-time transforms of a task's subnetwork, done on the torch module before export.
+
+* :func:`shrink` removes output units (neurons / channels) that are identically zero for the task
+  and the matching inputs of their consumer, so every backend sees smaller shapes.
+* :func:`to_block_sparse` swaps linear layers whose weights follow a block pattern for
+  :class:`~compilers.sparse_ops.BlockSparseLinear`, which the TVM backend lowers to a TIR kernel.
+
+Both work on ``nn.Sequential`` models built from standard layers; anything else is returned
+unchanged (dense compile), never rejected.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from .sparse_ops import BlockSparseLinear
+
+__all__ = ["BLOCK_SHAPES", "block_density", "choose_block_shape", "shrink", "to_block_sparse"]
+
+logger = logging.getLogger(__name__)
+
+# Block shapes the kernel runs fast, best first: the kernel vectorizes along a block's rows
+# (output units), so tall blocks (16x1, 8x1) fill a SIMD register; 1x16 would not (DESIGN §5).
+BLOCK_SHAPES: tuple[tuple[int, int], ...] = ((16, 1), (8, 1), (4, 4), (4, 1))
+# A block-sparse layer pays off when at most this fraction of its blocks is kept.
+MAX_BLOCK_DENSITY = 0.5
+
+_PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
+
+
+def _flatten(module: nn.Module) -> list[nn.Module] | None:
+    if not isinstance(module, nn.Sequential):
+        return None
+    layers: list[nn.Module] = []
+    for child in module:
+        if isinstance(child, nn.Sequential):
+            inner = _flatten(child)
+            assert inner is not None
+            layers.extend(inner)
+        else:
+            layers.append(child)
+    return layers
+
+
+def _bn_zero_output(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """Per channel: what the BN layer outputs (in eval) when its input channel is all zero."""
+    with torch.no_grad():
+        if bn.track_running_stats and bn.running_mean is not None:
+            out = -bn.running_mean / torch.sqrt(bn.running_var + bn.eps)
+        else:  # batch statistics of a zero channel are mean 0, var 0: the output is 0
+            out = torch.zeros(bn.num_features)
+        if bn.affine:
+            out = out * bn.weight + bn.bias
+    return out
+
+
+def _slice_bn(bn: nn.modules.batchnorm._BatchNorm, keep: torch.Tensor) -> nn.Module:
+    new = type(bn)(
+        int(keep.numel()), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+        track_running_stats=bn.track_running_stats,
+    )
+    with torch.no_grad():
+        if bn.affine:
+            new.weight.copy_(bn.weight[keep])
+            new.bias.copy_(bn.bias[keep])
+        if bn.track_running_stats and bn.running_mean is not None:
+            new.running_mean.copy_(bn.running_mean[keep])
+            new.running_var.copy_(bn.running_var[keep])
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    return new.eval()
+
+
+def _slice_producer(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
+    with torch.no_grad():
+        if isinstance(layer, nn.Linear):
+            new = nn.Linear(layer.in_features, int(keep.numel()), bias=layer.bias is not None)
+        else:
+            new = nn.Conv2d(
+                layer.in_channels, int(keep.numel()), layer.kernel_size, layer.stride,
+                layer.padding, layer.dilation, layer.groups, layer.bias is not None,
+                layer.padding_mode,
+            )
+        new.weight.copy_(layer.weight[keep])
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias[keep])
+    return new
+
+
+def _slice_consumer(layer: nn.Module, keep: torch.Tensor, spatial: int) -> nn.Module:
+    with torch.no_grad():
+        if isinstance(layer, nn.Linear):
+            cols = (keep[:, None] * spatial + torch.arange(spatial)[None, :]).reshape(-1)
+            new = nn.Linear(int(cols.numel()), layer.out_features, bias=layer.bias is not None)
+            new.weight.copy_(layer.weight[:, cols])
+        else:
+            new = nn.Conv2d(
+                int(keep.numel()), layer.out_channels, layer.kernel_size, layer.stride,
+                layer.padding, layer.dilation, layer.groups, layer.bias is not None,
+                layer.padding_mode,
+            )
+            new.weight.copy_(layer.weight[:, keep])
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    return new
+
+
+def shrink(module: nn.Module) -> nn.Module:
+    """Remove output units that are zero for every input, with their consumers' inputs.
+
+    A unit is removable when its weight row (filter) and bias are all zero and every layer up to
+    the next Linear/Conv2d maps a zero channel to zero (ReLU, Dropout, pooling, a BatchNorm whose
+    zero-input output is 0, Flatten). The head (last Linear) keeps its outputs.
+    """
+    layers = _flatten(module)
+    if layers is None:
+        logger.info("shrink skipped: %s is not an nn.Sequential", type(module).__name__)
+        return module
+    layers = [copy.deepcopy(layer) for layer in layers]
+    removed = 0
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, nn.Linear | nn.Conv2d) or getattr(layer, "groups", 1) != 1:
+            continue
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        zero = (w == 0).all(dim=1)
+        if layer.bias is not None:
+            zero &= layer.bias.detach() == 0
+        j, spatial, ok = i + 1, 1, True
+        while j < len(layers) and not isinstance(layers[j], nn.Linear | nn.Conv2d):
+            mid = layers[j]
+            if isinstance(mid, nn.modules.batchnorm._BatchNorm):
+                zero &= _bn_zero_output(mid) == 0
+            elif isinstance(mid, nn.Flatten):
+                spatial = -1  # resolved from the consumer's in_features below
+            elif not isinstance(mid, _PASS_THROUGH):
+                ok = False
+            j += 1
+        if not ok or j == len(layers) or not bool(zero.any()) or bool(zero.all()):
+            continue
+        consumer = layers[j]
+        if isinstance(consumer, nn.Conv2d) and (spatial != 1 or consumer.groups != 1):
+            continue
+        n_out = zero.numel()
+        if spatial == -1:
+            if not isinstance(consumer, nn.Linear) or consumer.in_features % n_out:
+                continue
+            spatial = consumer.in_features // n_out
+        elif isinstance(consumer, nn.Linear) and consumer.in_features != n_out:
+            continue
+        keep = torch.nonzero(~zero).reshape(-1)
+        layers[i] = _slice_producer(layer, keep)
+        for k in range(i + 1, j):
+            if isinstance(layers[k], nn.modules.batchnorm._BatchNorm):
+                layers[k] = _slice_bn(layers[k], keep)
+        layers[j] = _slice_consumer(consumer, keep, spatial)
+        removed += int(zero.sum())
+    logger.debug("shrink removed %d units", removed)
+    return nn.Sequential(*layers).eval()
+
+
+def block_density(weight: np.ndarray, bh: int, bw: int) -> float:
+    """Fraction of (bh, bw) blocks of a 2-D weight holding any nonzero."""
+    m, k = weight.shape
+    blocks = weight.reshape(m // bh, bh, k // bw, bw)
+    return float((blocks != 0).any(axis=(1, 3)).mean())
+
+
+def choose_block_shape(weight: torch.Tensor | np.ndarray) -> tuple[int, int] | None:
+    """The fastest block shape that covers the weight's nonzeros sparsely enough, or None.
+
+    Shapes are tried best-kernel first; the first whose kept-block fraction is at most
+    ``MAX_BLOCK_DENSITY`` wins (a 16x1-pruned weight is also 8x1-sparse, so order matters).
+    """
+    w = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else weight
+    m, k = w.shape
+    for bh, bw in BLOCK_SHAPES:
+        if m % bh or k % bw:
+            continue
+        if block_density(w, bh, bw) <= MAX_BLOCK_DENSITY:
+            return bh, bw
+    return None
+
+
+def to_block_sparse(module: nn.Module, *, keep_head_dense: bool = True) -> nn.Module:
+    """Replace block-sparse ``nn.Linear`` layers (and a directly following ReLU) by the kernel op.
+
+    The head (last Linear) stays dense by default: it is small and owned by one task.
+    """
+    layers = _flatten(module)
+    if layers is None:
+        return module
+    linear_idx = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
+    head = linear_idx[-1] if (keep_head_dense and linear_idx) else None
+    out: list[nn.Module] = []
+    skip_next = False
+    for i, layer in enumerate(layers):
+        if skip_next:
+            skip_next = False
+            continue
+        shape = choose_block_shape(layer.weight) if isinstance(layer, nn.Linear) else None
+        if shape is None or i == head:
+            out.append(copy.deepcopy(layer))
+            continue
+        relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
+        out.append(BlockSparseLinear(layer, *shape, relu=relu))
+        skip_next = relu
+    return nn.Sequential(*out).eval()

@@ -1,0 +1,207 @@
+"""The TVM backend: torch.export -> Relax -> (MetaSchedule) -> build, per target.
+
+Transforms are applied to the torch module first (shrink, block-sparse marking); the importer then
+maps ``taskpack::bsr_linear`` nodes to a ``call_tir`` of the hand-written TIR kernel with the BSR
+arrays baked in as constants. Dense ops go through Relax legalization and, when a tuning budget is
+given, MetaSchedule; a persistent database makes every later build of the same workloads fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._base import DEFAULT_CACHE_DIR, Compiler, check_transforms
+from ._tvm import load
+from .errors import BuildFailed, TargetUnavailable
+from .hashing import compile_key
+from .kernels import bsr_linear_kernel, kernel_tiling, pack_bsr
+from .numerics import check_numerics, fixed_inputs
+from .quantize import to_int8
+from .sparse_ops import OP_NAME
+from .targets import Target, cross_compiler_path
+from .transforms import shrink, to_block_sparse
+from .tuning import TuningDatabase
+from .tvm_model import TVMModel
+
+__all__ = ["TVMCompiler", "prepare_module", "to_tvm_target"]
+
+logger = logging.getLogger(__name__)
+
+_CACHE_SIZE = 32
+
+
+def to_tvm_target(target: Target):  # noqa: ANN201 - tvm.target.Target
+    """The ``tvm.target.Target`` for a taskpack :class:`Target` (detects the host ``-mcpu``)."""
+    tvm = load().tvm
+    if target.arch == "cuda":
+        if not tvm.cuda(0).exist:
+            raise TargetUnavailable(
+                f"target {target.name!r} needs a CUDA GPU, but TVM found none on this machine."
+            )
+        return tvm.target.Target({"kind": "cuda"}, host={"kind": "llvm"})
+    if target.arch == "aarch64":
+        return tvm.target.Target(
+            {
+                "kind": "llvm",
+                "mtriple": "aarch64-linux-gnu",
+                "mcpu": target.mcpu or "generic",
+                "mattr": ["+neon"],
+                "num-cores": target.num_cores or 4,
+            }
+        )
+    mcpu = target.mcpu or tvm.target.codegen.llvm_get_system_cpu()
+    return tvm.target.Target(
+        {"kind": "llvm", "mcpu": mcpu, "num-cores": target.num_cores or os.cpu_count() or 1}
+    )
+
+
+def prepare_module(module: nn.Module, transforms: Sequence[str]) -> nn.Module:
+    """Apply the torch-level transforms (shared by compile and ONNX export)."""
+    model = copy.deepcopy(module).eval()
+    if "shrink" in transforms:
+        model = shrink(model)
+    if "block_sparse" in transforms:
+        model = to_block_sparse(model)
+    return model
+
+
+def _bsr_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
+    """The importer hook for ``taskpack::bsr_linear``; ``tensors`` maps graph inputs to values."""
+
+    def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
+        relax = load().relax
+        x = importer.env[node.args[0]]
+        weight_node, bias_node = node.args[1], node.args[2]
+        bh, bw, relu = node.args[3], node.args[4], node.args[5]
+        if weight_node.name not in tensors:
+            raise BuildFailed(
+                f"bsr_linear's weight must be a parameter of the module, but {weight_node.name!r}"
+                " is a computed value."
+            )
+        weight = tensors[weight_node.name].detach().cpu().numpy()
+        shape = [int(d) for d in node.args[0].meta["val"].shape]
+        if len(shape) != 2:
+            raise BuildFailed(f"bsr_linear input must be 2-D (batch, features), but got {shape}.")
+        batch, m = shape[0], weight.shape[0]
+        bias = (
+            tensors[bias_node.name].detach().cpu().numpy()
+            if bias_node is not None
+            else np.zeros(m, dtype=np.float32)
+        )
+        packed = pack_bsr(weight, bh, bw, group=kernel_tiling(batch)[0])
+        func = bsr_linear_kernel(batch, packed, relu)
+        gv = importer.block_builder.add_func(func, "bsr_linear")
+        consts = (packed.data, packed.indices, packed.indptr, bias.astype(np.float32))
+        args = [x] + [relax.const(a) for a in consts]
+        out = relax.TensorType((batch, m), "float32")
+        return importer.block_builder.emit(relax.call_tir(gv, args, out))
+
+    return convert
+
+
+def import_relax(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201 - IRModule
+    """torch.export the module and translate it to a Relax IRModule with weights as constants."""
+    api = load()
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(model, (example_input,))
+        sig = exported.graph_signature
+        state = exported.state_dict
+        tensors = {name: state[target] for name, target in sig.inputs_to_parameters.items()}
+        tensors.update({n: state[t] for n, t in sig.inputs_to_buffers.items() if t in state})
+        return api.from_exported_program(
+            exported,
+            keep_params_as_input=False,
+            unwrap_unit_return_tuple=True,
+            custom_convert_map={OP_NAME: _bsr_converter(tensors)},
+        )
+    except BuildFailed:
+        raise
+    except Exception as exc:
+        raise BuildFailed(
+            f"torch.export -> Relax import failed for {type(model).__name__}: {exc}"
+        ) from exc
+
+
+class TVMCompiler(Compiler):
+    name = "tvm"
+
+    def __init__(self, *, check: bool = True, rtol: float = 1e-4) -> None:
+        self.check, self.rtol = check, rtol
+        self._cache: OrderedDict[str, TVMModel] = OrderedDict()
+
+    def compile(
+        self,
+        module: nn.Module,
+        example_input: torch.Tensor,
+        target: Target,
+        *,
+        transforms: Sequence[str] = (),
+        tune_trials: int = 0,
+        cache_dir: str | Path | None = None,
+    ) -> TVMModel:
+        if tune_trials < 0:
+            raise ValueError(f"`tune_trials >= 0` must hold, but got tune_trials={tune_trials}.")
+        api = load()
+        transforms = check_transforms(transforms)
+        cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+        key = compile_key(
+            module, example_input, target, transforms, backend=self.name,
+            tune_trials=tune_trials, tvm=api.version,
+        )
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        tvm_target = to_tvm_target(target)
+        cross_compiler_path(target)  # fail early when an aarch64 target has no linker
+        prepared = prepare_module(module, transforms)
+        if "int8" in transforms:
+            prepared = to_int8(prepared)
+        mod = import_relax(prepared, example_input)
+        db = TuningDatabase(cache_dir, target)
+        start = time.perf_counter()
+        tuned = 0
+        try:
+            if tune_trials > 0:
+                mod = db.legalize(mod, tvm_target)
+                tuned = db.tune(mod, tvm_target, tune_trials)
+                executable = db.apply(mod, tvm_target)
+            else:
+                executable = api.tvm.compile(mod, target=tvm_target)
+        except (BuildFailed, TargetUnavailable):
+            raise
+        except Exception as exc:
+            raise BuildFailed(f"building for target {target.name!r} failed: {exc}") from exc
+        build_s = time.perf_counter() - start
+        logger.info("built %s for %s in %.2fs (%d workloads tuned)", key, target.name, build_s,
+                    tuned)
+        compiled = TVMModel(
+            backend=self.name,
+            target=target,
+            input_shape=tuple(example_input.shape),
+            transforms=transforms,
+            tuned=tune_trials > 0,
+            tuning_db_hash=db.digest() if tune_trials > 0 else None,
+            compiler_version=f"tvm-{api.version}",
+            key=key,
+            notes={"build_s": build_s, "workloads_tuned": tuned, "tvm_target": str(tvm_target)},
+            executable=executable,
+        )
+        if self.check and target.kind != "aarch64":
+            compiled.numerics = check_numerics(
+                compiled, module, fixed_inputs(example_input), rtol=self.rtol
+            )
+        self._cache[key] = compiled
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return compiled

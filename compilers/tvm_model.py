@@ -1,0 +1,106 @@
+"""A model built by TVM: runs locally, on a remote device over RPC, or is export-only (aarch64)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._base import CompiledModel
+from ._tvm import load
+from .errors import TargetUnavailable
+from .numerics import NumericsReport
+from .rpc import call_with_retries, connect
+from .targets import cross_compiler_path
+
+__all__ = ["TVMModel", "LIBRARY_NAME"]
+
+logger = logging.getLogger(__name__)
+LIBRARY_NAME = "model.so"
+
+
+@dataclass
+class TVMModel(CompiledModel):
+    executable: Any = None
+    numerics: NumericsReport | None = None
+    rpc_timeout_s: float = 60.0
+    rpc_retries: int = 2
+    _vm: Any = field(default=None, repr=False)
+    _dev: Any = field(default=None, repr=False)
+    _session: Any = field(default=None, repr=False)
+    _tmp: Any = field(default=None, repr=False)
+
+    # ---- deployment ------------------------------------------------------------------------
+    def export(self, folder: Path) -> dict[str, str]:
+        """Write the compiled library (cross-linked for aarch64) to ``folder/model.so``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        cc = cross_compiler_path(self.target)
+        kwargs = {}
+        if cc is not None:
+            kwargs["fcompile"] = load().cc.cross_compiler(cc)
+        self.executable.export_library(str(folder / LIBRARY_NAME), **kwargs)
+        return {"library": LIBRARY_NAME}
+
+    # ---- execution -------------------------------------------------------------------------
+    def _connect(self) -> None:
+        api = load()
+        if self.target.kind == "aarch64":
+            raise TargetUnavailable(
+                f"target {self.target.name!r} is export-only here: to run it, register the "
+                "device with a TVM RPC tracker and compile for an rpc target with "
+                "remote_arch='aarch64'."
+            )
+        if self.target.kind == "rpc":
+            self._tmp = tempfile.TemporaryDirectory(prefix="taskpack-rpc-")
+            self.export(Path(self._tmp.name))
+            session = connect(self.target, self.rpc_timeout_s)
+            session.upload(str(Path(self._tmp.name) / LIBRARY_NAME))
+            lib = session.load_module(LIBRARY_NAME)
+            self._session, self._dev = session, session.cpu()
+            self._vm = api.relax.VirtualMachine(lib, self._dev)
+            return
+        self._dev = api.tvm.cuda(0) if self.target.kind == "cuda" else api.tvm.cpu(0)
+        self._vm = api.relax.VirtualMachine(self.executable, self._dev)
+
+    def _reset(self, _err: object = None) -> None:
+        self._vm = self._dev = self._session = None
+
+    def _call(self, fn):  # noqa: ANN001, ANN202
+        if self.target.kind != "rpc":
+            if self._vm is None:
+                self._connect()
+            return fn()
+
+        def attempt():  # noqa: ANN202
+            if self._vm is None:
+                self._connect()
+            return fn()
+
+        return call_with_retries(
+            attempt, timeout_s=self.rpc_timeout_s, retries=self.rpc_retries, on_retry=self._reset
+        )
+
+    def _input(self, x: torch.Tensor):  # noqa: ANN202
+        api = load()
+        return api.tvm.runtime.tensor(np.ascontiguousarray(x.detach().cpu().numpy()), self._dev)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        def go() -> torch.Tensor:
+            out = self._vm["main"](self._input(x))
+            if not hasattr(out, "numpy"):  # a tuple of outputs; taskpack models have one
+                out = out[0]
+            return torch.from_numpy(out.numpy().copy())
+
+        return self._call(go)
+
+    def time_per_run(self, x: torch.Tensor, number: int) -> float:
+        def go() -> float:
+            timer = self._vm.time_evaluator("main", self._dev, number=number, repeat=1)
+            return float(timer(self._input(x)).mean)
+
+        return self._call(go)

@@ -1,0 +1,104 @@
+"""Torch-level transforms, BSR packing and realizability: exact, hand-checkable cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compilers.kernels import pack_bsr
+from compilers.realizability import LayerSpec, layer_realizability
+from compilers.targets import Target
+from compilers.transforms import block_density, choose_block_shape, shrink, to_block_sparse
+
+from .conftest import block_sparse_mlp, tiny_cnn
+
+
+def test_shrink_removes_zero_units_and_consumer_columns() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[0].weight[1] = 0
+        model[0].bias[1] = 0
+    small = shrink(model)
+    assert small[0].weight.shape == (3, 3)
+    assert small[2].weight.shape == (2, 3)
+    assert torch.equal(small[2].weight, model[2].weight[:, [0, 2, 3]])
+    x = torch.randn(5, 3)
+    assert torch.allclose(small(x), model(x), atol=1e-6)
+
+
+def test_shrink_keeps_unit_with_nonzero_bias_and_the_head() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[0].weight[1] = 0  # bias stays nonzero: relu(b) is a constant, not zero
+        model[2].weight[0] = 0
+        model[2].bias[0] = 0
+    small = shrink(model)
+    assert small[0].out_features == 4
+    assert small[2].out_features == 2
+
+
+def test_shrink_through_conv_bn_pool_flatten() -> None:
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[0].weight[2] = 0
+        model[0].bias[2] = 0
+    small = shrink(model)
+    assert small[0].out_channels == 3
+    assert small[1].num_features == 3
+    assert small[5].in_features == 3 * 16
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(small(x), model(x), atol=1e-5)
+
+
+def test_choose_block_shape_prefers_tall_blocks() -> None:
+    w = np.zeros((32, 8), np.float32)
+    w[0:16, 3] = 1.0  # one 16x1 block
+    assert choose_block_shape(w) == (16, 1)
+    assert block_density(w, 16, 1) == pytest.approx(1 / 16)
+    dense = np.ones((32, 8), np.float32)
+    assert choose_block_shape(dense) is None
+
+
+def test_pack_bsr_is_exact_and_padded_to_group() -> None:
+    w = np.zeros((32, 4), np.float32)
+    w[0:16, 1] = np.arange(16)
+    w[16:32, 0] = 1.0
+    w[16:32, 2] = 2.0
+    w[16:32, 3] = 3.0
+    packed = pack_bsr(w, 16, 1, group=2)
+    assert packed.indptr.tolist() == [0, 1, 3]  # row 0: 1 block + 1 pad; row 1: 3 + 1 pad
+    assert packed.indices.tolist() == [1, 0, 0, 2, 3, 0]
+    assert np.array_equal(packed.data[0, 0], np.arange(16, dtype=np.float32))
+    assert not packed.data[1].any() and not packed.data[5].any()
+
+
+def test_to_block_sparse_fuses_relu_and_keeps_head_dense() -> None:
+    model = to_block_sparse(block_sparse_mlp())
+    names = [type(m).__name__ for m in model]
+    assert names == ["BlockSparseLinear", "BlockSparseLinear", "Linear"]
+    assert model[0].relu and model[1].relu
+    x = torch.randn(3, 32)
+    assert torch.allclose(model(x), block_sparse_mlp()(x), atol=1e-6)
+
+
+def test_layer_realizability() -> None:
+    host, cuda = Target.host(), Target.cuda()
+    blocky = LayerSpec("linear", 2000, 784, sparsity=0.9, pattern="block(16,1)")
+    assert layer_realizability(blocky, host) == "speed-realizable"
+    assert layer_realizability(blocky, cuda) == "storage-only"
+    assert layer_realizability(LayerSpec("linear", 64, 64, 0.9, "block(1,16)"), host) == (
+        "storage-only"
+    )
+    assert layer_realizability(LayerSpec("linear", 64, 64, 0.9, "unstructured"), host) == (
+        "storage-only"
+    )
+    assert layer_realizability(LayerSpec("conv2d", 64, 64, 0.5, "channel"), cuda) == (
+        "speed-realizable"
+    )
+
+
+def test_rpc_target_requires_address() -> None:
+    with pytest.raises(ValueError, match="rpc_host"):
+        Target(name="x", kind="rpc")
