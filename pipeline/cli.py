@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path, help="store file (.tpk)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("export", help="compile committed tasks into per-device bundles")
+    p.add_argument("store", type=Path, help="store file (.tpk)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--task", type=int, action="append", help="task id (repeatable)")
+    g.add_argument("--all-tasks", action="store_true")
+    p.add_argument("--target", required=True, help="a target of the recipe, or host / aarch64")
+    p.add_argument("--recipe", type=Path, default=None,
+                   help="the run's recipe (default: recipe.yaml beside the store)")
+    p.add_argument("--out", type=Path, default=Path("mlruns/exports"))
+
     p = sub.add_parser("data", help="data sets")
     dsub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     f = dsub.add_parser("fetch", help="fetch a data set into the cache (no network at run time)")
@@ -73,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from pipeline.progress import Bars
     from pipeline.recipe import load_recipe
-    from pipeline.report import summary_table
+    from pipeline.report import search_table, summary_table
     from pipeline.runner import run_recipe
     from pipeline.tracking import NoopTracker, build_tracker
 
@@ -88,6 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run_recipe(recipe, tracker, bars, fresh=args.fresh, compress=compress)
     out = Console()
     out.print(summary_table(result))
+    if any("search_chosen_trial" in r.compression for r in result.tasks):
+        out.print(search_table(result))
     if result.resumed_from:
         out.print(f"continued after {result.resumed_from} committed task(s)")
     out.print(f"run folder: {result.run_dir}")
@@ -104,6 +116,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not args.store.is_file():
         raise StoreError(f"{args.store}: no such store file")
     print(format_report(PackedStore.open(args.store).report(), as_json=args.json))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.errors import StoreError
+    from pipeline.export import export_tasks
+
+    if not args.store.is_file():
+        raise StoreError(f"{args.store}: no such store file")
+    for folder in export_tasks(args.store, None if args.all_tasks else args.task, args.target,
+                               args.recipe, args.out):
+        m = json.loads((folder / "manifest.json").read_text())
+        lat = m.get("latency")
+        speed = (f"median {lat['median_ms']:.4f} ms (p10 {lat['p10_ms']:.4f}, "
+                 f"p90 {lat['p90_ms']:.4f})" if lat else "export only")
+        err = (m.get("numerics") or {}).get("max_rel_err")
+        print(f"{folder}: task {m['task']}, {speed}, numerics rel err "
+              f"{'n/a' if err is None else f'{err:.1e}'}")
     return 0
 
 
@@ -124,8 +156,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "inspect": cmd_inspect, "data": cmd_data,
-            "schema": cmd_schema}
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "inspect": cmd_inspect,
+            "export": cmd_export, "data": cmd_data, "schema": cmd_schema}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "tvm", "compilers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)

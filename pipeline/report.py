@@ -64,22 +64,15 @@ def write_heatmap(result: RunResult, path: Path) -> Path:
 def summary_table(result: RunResult) -> Table:
     table = Table(title=f"{result.recipe.name}: {result.recipe.benchmark.stream}, "
                         f"{result.recipe.model.arch}, {result.recipe.method.kind}")
-    searched = any("search_chosen_trial" in r.compression for r in result.tasks)
     cols = ["task", "name", "acc at commit", "acc final", "epochs", "train s"]
-    if searched:
-        cols += ["chosen trial", "latency ms", "bytes"]
     for col in cols:
         table.add_column(col, justify="right" if col != "name" else "left")
     final = result.matrix.final
     for rec in result.tasks:
-        tr, c = rec.train, rec.compression
-        row = [str(rec.index), rec.name, f"{rec.acc_at_commit:.2f}", f"{final[rec.index]:.2f}",
-               str(tr.epochs) if tr else "resumed", f"{tr.seconds:.1f}" if tr else "-"]
-        if searched:
-            row += [f"{c.get('search_chosen_trial', float('nan')):.0f}",
-                    f"{c.get('search_chosen_latency_ms', float('nan')):.3f}",
-                    f"{c.get('search_chosen_bytes', float('nan')):,.0f}"]
-        table.add_row(*row)
+        tr = rec.train
+        table.add_row(str(rec.index), rec.name, f"{rec.acc_at_commit:.2f}",
+                      f"{final[rec.index]:.2f}", str(tr.epochs) if tr else "resumed",
+                      f"{tr.seconds:.1f}" if tr else "-")
     table.add_section()
     pad = [""] * (len(cols) - 4)
     table.add_row("ACC", "", "", f"{result.acc:.2f}", *pad)
@@ -90,4 +83,23 @@ def summary_table(result: RunResult) -> Table:
     if sm:
         table.add_row("store", "", "", f"{sm['store/bytes_total'] / 1e6:.3f} MB", *pad)
         table.add_row("vs fp32", "", "", f"{sm['store/ratio_to_dense_fp32']:.4f}x", *pad)
+    return table
+
+
+def search_table(result: RunResult) -> Table:
+    """The point the search chose per task (measured on the compiled model)."""
+    table = Table(title="search: chosen point per task")
+    for col in ("task", "trial", "val acc", "acc drop", "latency ms", "bytes", "trials",
+                "front"):
+        table.add_column(col, justify="right")
+    for rec in result.tasks:
+        c = rec.compression
+        if "search_chosen_trial" not in c:
+            continue
+        table.add_row(str(rec.index), f"{c['search_chosen_trial']:.0f}",
+                      f"{c['search_chosen_val_acc']:.2f}",
+                      f"{c['search_reference_val_acc'] - c['search_chosen_val_acc']:+.2f}",
+                      f"{c['search_chosen_latency_ms']:.3f}",
+                      f"{c['search_chosen_bytes']:,.0f}", f"{c['search_trials']:.0f}",
+                      f"{c['search_front_size']:.0f}")
     return table

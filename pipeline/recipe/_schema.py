@@ -137,7 +137,7 @@ class TrainConfig(_Section):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     seed: int = 0
     threads: Annotated[int, Field(ge=1)] | None = None
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu"] = Field(default="cpu", description="training runs on the CPU for now")
 
     @model_validator(mode="after")
     def _lr_min_below_lr(self) -> TrainConfig:

@@ -1,0 +1,73 @@
+"""``taskpack export``: compile committed tasks from a store into per-device bundles.
+
+The store holds weights, not architecture; the architecture comes from the run's resolved
+recipe (``recipe.yaml`` beside the store unless ``--recipe`` says otherwise). Each bundle is a
+folder ``<out>/<target>/task-<k>/`` with the compiled library, an ONNX model of the task's
+subnetwork and a manifest (task, target, latency with spread, TVM version, store hash, numerics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from pipeline.data import build_stream
+from pipeline.errors import InputError, PipelineError
+from pipeline.models import build_model, model_fingerprint
+from pipeline.recipe import Recipe, TargetConfig, load_recipe
+from pipeline.store import PackedStore
+from pipeline.subnet import task_module
+from pipeline.targets import to_target
+
+BUILTIN_TARGETS = {"host": TargetConfig(name="host", kind="host", backend="tvm"),
+                   "aarch64": TargetConfig(name="aarch64", kind="aarch64", backend="tvm")}
+
+
+def resolve_target(recipe: Recipe, name: str) -> TargetConfig:
+    for t in recipe.targets:
+        if t.name == name:
+            return t
+    if name in BUILTIN_TARGETS:
+        return BUILTIN_TARGETS[name]
+    raise InputError(f"--target {name!r} is neither a target of the recipe "
+                     f"{[t.name for t in recipe.targets]} nor one of {sorted(BUILTIN_TARGETS)}")
+
+
+def export_tasks(store_path: Path, tasks: list[int] | None, target_name: str,
+                 recipe_path: Path | None, out: Path) -> list[Path]:
+    from compilers import CompilerError, export_bundle
+
+    recipe_path = recipe_path or store_path.parent / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise InputError(f"{recipe_path}: no recipe beside the store; pass --recipe")
+    recipe = load_recipe(recipe_path)
+    stream = build_stream(recipe.benchmark)
+    store = PackedStore.open(store_path, expect_fingerprint=model_fingerprint(
+        recipe.model, stream.input_shape))
+    wanted = list(range(store.num_tasks)) if tasks is None else tasks
+    model = build_model(recipe.model, stream.input_shape)
+    for t in range(max(wanted) + 1 if wanted else 0):
+        if t < store.num_tasks:
+            model.add_task(int(store.task_meta(t).get("num_classes") or
+                               stream.task_info(t)[1]))
+    target_cfg = resolve_target(recipe, target_name)
+    if target_cfg.backend != "tvm":
+        raise InputError(f"target {target_name!r} uses backend {target_cfg.backend!r}; "
+                         "bundles are compiled with tvm")
+    store_hash = hashlib.sha256(store_path.read_bytes()).hexdigest()[:16]
+    example = torch.randn(1, *stream.input_shape, generator=torch.Generator().manual_seed(0))
+    folders = []
+    for t in wanted:
+        weights = store.materialize(t)  # StoreError (exit 2) for a task id that does not exist
+        snap = {(f"{k}.weight" if k in store.layers else k): v for k, v in weights.items()}
+        module = task_module(model, snap, t)
+        try:
+            folders.append(export_bundle(
+                module, example, to_target(target_cfg), out, task=t, store_hash=store_hash,
+                transforms=tuple(target_cfg.transforms), tune_trials=target_cfg.tune_trials,
+                cache_dir=recipe.output_dir.parent / "tvm-cache"))
+        except CompilerError as exc:
+            raise PipelineError(f"task {t}, target {target_name}: {exc}") from exc
+    return folders
