@@ -1,0 +1,96 @@
+"""Search benchmark: run a recipe with the per-task search, then measure side by side, per task,
+the selected point against the same task's subnetwork built by TVM tuned dense and by ONNX Runtime.
+
+    .venv/bin/python -m benchmarks.search [--recipe recipes/pmnist-mlp2000-x86.yaml]
+                                          [--set key=value ...] [--no-track]
+
+Per task it prints: validation accuracy of the uncompressed task and of the selected point, test
+accuracy from the store, latency at batch 1 of the selected point's build (the target's
+transforms, tuned) vs TVM tuned dense and ONNX Runtime on the same weights as a dense matrix, the
+task's bytes in the store; then search wall time, trials per hour and the latency-cache hit rate.
+All latencies are measured in this run on this machine, one after another, same input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.latency import _onnx_row  # noqa: E402
+from compilers import get_compiler, measure  # noqa: E402
+from pipeline.progress import Bars  # noqa: E402
+from pipeline.recipe import load_recipe  # noqa: E402
+from pipeline.runner import committed_snapshot, prepare, run_recipe  # noqa: E402
+from pipeline.store import PackedStore  # noqa: E402
+from pipeline.subnet import task_module  # noqa: E402
+from pipeline.targets import find_target, to_target  # noqa: E402
+from pipeline.tracking import NoopTracker, build_tracker  # noqa: E402
+from search import make_search_compressor  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", type=Path, default=REPO / "recipes/pmnist-mlp2000-x86.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--no-track", action="store_true")
+    args = ap.parse_args()
+    recipe = load_recipe(args.recipe, args.overrides)
+    tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
+    with Bars() as bars:
+        result = run_recipe(recipe, tracker, bars, fresh=True,
+                            compress=make_search_compressor(recipe))
+    target_cfg = find_target(recipe, recipe.search.target)
+    target, tvm = to_target(target_cfg), get_compiler("tvm")
+    cache = recipe.output_dir.parent / "tvm-cache"
+    store = PackedStore.open(result.store_path)
+    report = store.report()
+    model = prepare(recipe).model  # same architecture; weights come from the store
+    example = None
+    print(f"# {recipe.name}: {len(result.tasks)} tasks, {recipe.search.trials} trials/task, "
+          f"sampler {recipe.search.sampler}, target {target_cfg.name} "
+          f"(tune_trials {target_cfg.tune_trials}, transforms {target_cfg.transforms})")
+    print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads; batch 1")
+    print("\n| task | val acc uncompressed | val acc selected | drop | test acc (store) | "
+          "selected ms | TVM tuned dense ms | ORT dense ms | vs TVM dense | vs ORT | "
+          "task bytes in store |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    trials = wall = hits = 0.0
+    for rec in result.tasks:
+        t, c = rec.index, rec.compression
+        model.add_task(int(store.task_meta(t)["num_classes"]))
+        module = task_module(model, committed_snapshot(store, t), t)
+        if example is None:
+            shape = (1, *prepare(recipe).stream.input_shape)
+            example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        sel = measure(tvm.compile(module, example, target, transforms=target_cfg.transforms,
+                                  tune_trials=target_cfg.tune_trials, cache_dir=cache), example)
+        dense = measure(tvm.compile(module, example, target, transforms=(),
+                                    tune_trials=target_cfg.tune_trials, cache_dir=cache),
+                        example)
+        ort = _onnx_row(module, example)
+        ref, got = c.get("search_reference_val_acc", float("nan")), c.get(
+            "search_chosen_val_acc", float("nan"))
+        print(f"| {t} | {ref:.2f} | {got:.2f} | {ref - got:+.2f} | {rec.acc_at_commit:.2f} | "
+              f"{sel.median_ms:.4f} | {dense.median_ms:.4f} | {ort.median_ms:.4f} | "
+              f"{dense.median_ms / sel.median_ms:.2f}x | {ort.median_ms / sel.median_ms:.2f}x | "
+              f"{report.tasks[t].bytes_total:,} |")
+        trials += c.get("search_trials", 0.0)
+        wall += c.get("search_wall_s", 0.0)
+        hits += c.get("search_cache_hits", 0.0)
+    print(f"\nACC {result.acc:.2f}%  BWT {result.bwt:+.3f}  store {report.file_size:,} B "
+          f"({report.ratio_to_dense_fp32:.4f} x dense fp32)  run wall {result.wall_s / 60:.1f} min")
+    print(f"search: {trials:.0f} trials in {wall / 60:.1f} min "
+          f"({3600 * trials / max(wall, 1e-9):.0f} trials/hour), latency-cache hit rate "
+          f"{hits / max(trials, 1):.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
