@@ -85,7 +85,8 @@ def main() -> int:
         wall += c.get("search_wall_s", 0.0)
         hits += c.get("search_cache_hits", 0.0)
     print(f"\nACC {result.acc:.2f}%  BWT {result.bwt:+.3f}  store {report.file_size:,} B "
-          f"({report.ratio_to_dense_fp32:.4f} x dense fp32)  run wall {result.wall_s / 60:.1f} min")
+          f"({report.ratio_to_dense_fp32:.4f} x dense fp32)  "
+          f"run wall {result.wall_s / 60:.1f} min")
     print(f"search: {trials:.0f} trials in {wall / 60:.1f} min "
           f"({3600 * trials / max(wall, 1e-9):.0f} trials/hour), latency-cache hit rate "
           f"{hits / max(trials, 1):.0%}")
