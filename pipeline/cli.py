@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="start over instead of continuing after the last committed task")
 
+    p = sub.add_parser("search", help="join a running search as an extra worker")
+    _add_recipe_args(p)
+    p.add_argument("--task", type=int, required=True, help="the task being searched")
+    p.add_argument("--worker", action="store_true", required=True,
+                   help="add trials to the task's study (the run selects and commits)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage shared by the workers, e.g. postgresql://... "
+                        "(default: the recipe's search.storage, else the run's journal file)")
+    p.add_argument("--no-track", action="store_true")
+
     p = sub.add_parser("inspect", help="print what a packed store holds, per task and layer")
     p.add_argument("store", type=Path, help="store file (.tpk)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -109,6 +119,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from pipeline.progress import Bars
+    from pipeline.recipe import load_recipe
+    from pipeline.tracking import NoopTracker, build_tracker
+    from search import run_worker
+
+    overrides = list(args.overrides) + ([f"search.storage={args.storage}"] if args.storage
+                                        else [])
+    recipe = load_recipe(args.recipe, overrides)
+    if not recipe.search.enabled:
+        raise InputError(f"{args.recipe}: search.enabled is false; nothing to work on")
+    tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
+    with Bars() as bars:
+        run_worker(recipe, args.task, tracker=tracker, bars=bars)
+    print(f"worker done: task {args.task} of {recipe.name}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.errors import StoreError
     from pipeline.store import PackedStore, format_report
@@ -156,7 +184,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "inspect": cmd_inspect,
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "search": cmd_search,
+            "inspect": cmd_inspect,
             "export": cmd_export, "data": cmd_data, "schema": cmd_schema}
 
 

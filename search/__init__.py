@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from search._objective import Latency, LatencyFn, TaskProblem, TrialResult
 from search._select import Point, pareto_front, select
 from search._space import LayerSpace, resolve_space, suggest_plans
+from search._worker import publish_task, run_worker
 
 if TYPE_CHECKING:
     from pipeline.runner import CompressFn
@@ -24,6 +25,7 @@ __all__ = [
     "TaskProblem",
     "TrialResult",
     "make_search_compressor",
+    "run_worker",
     "pareto_front",
     "resolve_space",
     "select",
@@ -76,8 +78,13 @@ def make_search_compressor(recipe, latency_fn: LatencyFn | None = None,
             quant_fallback=tuple(narrow) or (8,),
             labels_fn=realizability_labels(target_cfg, s.model.layer_shapes()))
         folder = s.run_dir / "search"
+        if not worker:
+            publish_task(s, t, masks, run)  # workers (taskpack search --worker) start from this
         outcome = search_task(problem, cfg, space, run, folder / f"task-{t}.journal",
                               f"{recipe.name}-task-{t}", folder / f"task-{t}", bars, worker)
+        if worker:
+            return {}, outcome.stats
+        (folder / f"task-{t}-trained.npz").unlink(missing_ok=True)
         layers, tensors, acc = problem.apply(outcome.plans)
         with torch.no_grad():
             state = dict(s.model.named_parameters()) | dict(s.model.named_buffers())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
             plans = suggest_plans(trial, space)
             child = run.child(f"trial-{trial.number}", tags={"taskpack.trial": str(trial.number)})
             trial.set_user_attr("mlflow_run_id", child.run_id)
+            trial.set_user_attr("pid", os.getpid())  # which worker ran it
             child.log_params({f"{n}.{k}": str(v) for n, p in plans.items()
                               for k, v in p.model_dump().items()})
             ran += 1
@@ -125,6 +127,10 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
             child.end("FINISHED")
             points = _points(study, list(cfg.objectives))
             bars.advance(bar, info=f"failed {failures}, front {len(pareto_front(points))}")
+    if worker:  # workers only add trials; the run that owns the task selects and commits
+        return SearchOutcome({}, -1, "worker", [], [], ran, failures,
+                             time.perf_counter() - start, compile_s, hits)
+    _wait_for_running(study)
     points = _points(study, list(cfg.objectives))
     if not points:
         raise PipelineError(f"task {problem.ctx.task}: all {finished(study)} search trials "
@@ -159,6 +165,18 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
     run.log_artifact(artifacts / "chosen.json", "pareto")
     return SearchOutcome(_plans_from_params(params[chosen.number], space), chosen.number,
                          reason, points, front, ran, failures, wall, compile_s, hits, stats)
+
+
+def _wait_for_running(study, timeout_s: float = 900.0) -> None:
+    """Let trials other workers are still running finish before selecting (bounded wait)."""
+    from optuna.trial import TrialState
+
+    deadline = time.monotonic() + timeout_s
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if time.monotonic() > deadline:
+            log.warning("selecting while trials of other workers are still running")
+            return
+        time.sleep(1.0)
 
 
 def _score(study, number: int, name: str) -> float:

@@ -41,6 +41,10 @@ class Tracker(ABC):
     @abstractmethod
     def start(self, name: str, tags: dict[str, str] | None = None) -> Run: ...
 
+    @abstractmethod
+    def open(self, run_id: str) -> Run:
+        """An existing run, to add children to (a search worker joins its task's run)."""
+
     def where(self) -> str:
         """A line telling a person where to look at the runs."""
         return ""
@@ -93,3 +97,6 @@ class NoopTracker(Tracker):
         run.tags.update(tags or {})
         self.runs.append(run)
         return run
+
+    def open(self, run_id: str) -> NoopRun:
+        return NoopRun(run_id)

@@ -87,5 +87,10 @@ class MlflowTracker(Tracker):
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags or {})
         return MlflowRun(self.client, run.info.run_id, self.experiment_id)
 
+    def open(self, run_id: str) -> MlflowRun:
+        run = MlflowRun(self.client, run_id, self.experiment_id)
+        run._ended = True  # its owner ends it
+        return run
+
     def where(self) -> str:
         return f"mlflow ui --backend-store-uri {self.uri}"
