@@ -1,4 +1,4 @@
-"""Two processes on one study: `taskpack run` and `taskpack search --task 0 --worker` (slow, tvm)."""
+"""Two processes on one study: `taskpack run` and `taskpack search --task 0 --worker`."""
 
 from __future__ import annotations
 
