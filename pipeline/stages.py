@@ -32,12 +32,17 @@ def task_tensors(model: ContinualNet, task: int) -> dict[str, torch.Tensor]:
     return {n: state[n].detach().clone() for n in model.task_param_names(task)}
 
 
+def trained_layers(model: ContinualNet, masks: TaskMasks) -> dict[str, LayerResult]:
+    """The task right after training: its masks and the live fp32 weights, per layer."""
+    return {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
+                           m.weight.detach().clone(), own_before=int(masks.own[n].sum()))
+            for n, m in model.masked_layers().items()}
+
+
 def compress_task(s: _Session, task: Task, masks: TaskMasks, bars: Bars,
                   run: Run | None = None) -> tuple[dict[str, LayerResult], dict[str, float]]:
     """TSN: prune, fine-tune, quantize the task's own weights. WSN: commit as trained (fp32)."""
-    layers = {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
-                             m.weight.detach().clone(), own_before=int(masks.own[n].sum()))
-              for n, m in s.model.masked_layers().items()}
+    layers = trained_layers(s.model, masks)
     method = s.method
     if not isinstance(method, TSN):
         return layers, {}

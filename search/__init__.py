@@ -49,10 +49,10 @@ def make_search_compressor(recipe, latency_fn: LatencyFn | None = None,
     cache_dir = recipe.output_dir.parent / "tvm-cache"
     latency_fn = latency_fn or compiled_latency(target_cfg, cache_dir)
 
-    from pipeline.compress import CompressContext, LayerResult, summarize
+    from pipeline.compress import CompressContext, summarize
     from pipeline.errors import RecipeError
     from pipeline.methods import TSN
-    from pipeline.stages import task_tensors
+    from pipeline.stages import task_tensors, trained_layers
     from search._driver import search_task
 
     def compress(s, task, masks, bars, run):
@@ -61,9 +61,7 @@ def make_search_compressor(recipe, latency_fn: LatencyFn | None = None,
             raise RecipeError("search.enabled needs method.kind: tsn (the search drives TSN's "
                               f"compression passes), got {recipe.method.kind!r}")
         cfg = recipe.search
-        trained = {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
-                                  m.weight.detach().clone(), own_before=int(masks.own[n].sum()))
-                   for n, m in s.model.masked_layers().items()}
+        trained = trained_layers(s.model, masks)
         ctx = CompressContext(s.model, t, task_tensors(s.model, t), task,
                               recipe.train.eval_batch_size)
         reference = ctx.accuracy(trained)
