@@ -137,7 +137,7 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
                             "failed; see the failure_reason tags of the trial runs")
     chosen, reason = select(points, cfg.selection.policy, cfg.selection.value,
                             problem.reference_accuracy)
-    front = pareto_front([p for p in points if p.feasible])
+    front = pareto_front([p for p in points if p.feasible]) or [chosen]
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         run_id = t.user_attrs.get("mlflow_run_id")
@@ -191,7 +191,8 @@ def _points(study, objectives: list[str]) -> list[Point]:
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         s = {k: v for k, v in t.user_attrs.get("scores", {}).items() if k in objectives}
+        cons = t.user_attrs.get("constraints", ())
         out.append(Point(t.number, s.get("accuracy", 0.0), s.get("latency", 0.0),
-                         s.get("bytes", 0.0),
-                         all(c <= 0 for c in t.user_attrs.get("constraints", (0.0,)))))
+                         s.get("bytes", 0.0), all(c <= 0 for c in cons),
+                         sum(max(c, 0.0) for c in cons)))
     return out

@@ -15,6 +15,7 @@ class Point:
     latency_ms: float
     nbytes: float
     feasible: bool = True
+    violation: float = 0.0  # sum of positive constraint values (0 when feasible)
 
 
 def pareto_front(points: list[Point]) -> list[Point]:
@@ -31,10 +32,18 @@ def pareto_front(points: list[Point]) -> list[Point]:
 
 def select(points: list[Point], policy: str, value: float | None,
            reference_accuracy: float) -> tuple[Point, str]:
-    """The chosen point and a sentence saying why. Infeasible points are never chosen."""
+    """The chosen point and a sentence saying why.
+
+    Infeasible points are chosen only when no point is feasible: then the one that breaks the
+    constraints least, so a run never loses a trained task to a too-strict constraint.
+    """
+    if not points:
+        raise ValueError("no finished trial to select from")
     feasible = [p for p in points if p.feasible]
     if not feasible:
-        raise ValueError("no feasible trial: every trial failed or broke a constraint")
+        best = min(points, key=lambda p: (p.violation, -p.accuracy, p.number))
+        return best, (f"no trial met the constraints: took trial {best.number}, the least "
+                      f"violating (violation {best.violation:.3g})")
     front = pareto_front(feasible)
     if policy == "min_latency_within_acc_drop":
         assert value is not None

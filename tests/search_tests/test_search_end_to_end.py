@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.tvm]
 BASE = ["benchmark.train_limit=1000", "benchmark.test_limit=300", "train.epochs=1",
         "train.batch_size=32", "benchmark.val_fraction=0.05", "model.hidden=[64, 64]",
         "benchmark.tasks=2", "search.enabled=true", "search.trials=4",
+        "search.constraints.max_acc_drop=5.0",
         "targets=[{name: host, backend: tvm}]"]
 
 

@@ -32,8 +32,11 @@ def test_policies() -> None:
     assert p.number == 3
     p, why = select(PTS, "knee", None, 98.0)
     assert p.number in {0, 1, 3} and why.startswith("knee")
-    with pytest.raises(ValueError, match="no feasible trial"):
-        select([PTS[4]], "knee", None, 98.0)
+    infeasible = [Point(7, 90.0, 1.0, 10, False, 2.5), Point(8, 91.0, 1.0, 10, False, 0.5)]
+    p, why = select(infeasible, "knee", None, 98.0)
+    assert p.number == 8 and "no trial met the constraints" in why
+    with pytest.raises(ValueError, match="no finished trial"):
+        select([], "knee", None, 98.0)
 
 
 def test_space_resolution_and_suggestion() -> None:
