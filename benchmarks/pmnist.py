@@ -2,7 +2,7 @@
 time, and the packed store's bytes by component with the ratio to one dense fp32 backbone.
 
     .venv/bin/python benchmarks/pmnist.py [--recipe PATH] [--set key=value ...]
-                                          [--compare-policies] [--no-track]
+                                          [--compare-policies] [--no-track] [--resume]
 
 ``--compare-policies`` runs the recipe twice, with ``method.policy=split`` and
 ``method.policy=reuse_only``, and prints them side by side (what splitting a weight buys).
@@ -30,11 +30,11 @@ from pipeline.tracking import NoopTracker, build_tracker  # noqa: E402
 COMPONENTS = ("codes", "masks", "codebooks", "tensors", "metadata")
 
 
-def run(recipe_path: Path, overrides: list[str], track: bool) -> RunResult:
+def run(recipe_path: Path, overrides: list[str], track: bool, resume: bool = False) -> RunResult:
     recipe = load_recipe(recipe_path, overrides)
     tracker = build_tracker(recipe.tracking) if track else NoopTracker()
     with Bars() as bars:
-        return run_recipe(recipe, tracker, bars, fresh=True)
+        return run_recipe(recipe, tracker, bars, fresh=not resume)
 
 
 def describe(r: RunResult) -> str:
@@ -85,15 +85,18 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--compare-policies", action="store_true")
     ap.add_argument("--no-track", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run (figures of the tasks committed before "
+                         "come from that run's re-measurements)")
     args = ap.parse_args()
     if args.compare_policies:
         results = {}
         for policy in ("split", "reuse_only"):
             overrides = [*args.overrides, f"method.policy={policy}",
                          f"name={load_recipe(args.recipe, args.overrides).name}-{policy}"]
-            results[policy] = run(args.recipe, overrides, not args.no_track)
+            results[policy] = run(args.recipe, overrides, not args.no_track, args.resume)
     else:
-        r = run(args.recipe, args.overrides, not args.no_track)
+        r = run(args.recipe, args.overrides, not args.no_track, args.resume)
         results = {r.recipe.method.kind: r}
     print_results(results)
     return 0
