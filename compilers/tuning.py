@@ -144,6 +144,10 @@ class TuningDatabase:
         if not tasks:
             return 0
         logger.info("tuning %d workloads x %d trials", len(tasks), trials_per_task)
+        # MetaSchedule sets its console handler to its logger's level and then resets the logger
+        # to DEBUG: without this, every tuning call prints its scheduler tables to stdout.
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(
+            logging.INFO if logger.isEnabledFor(logging.DEBUG) else logging.ERROR)
         with tempfile.TemporaryDirectory(prefix="taskpack-ms-") as work_dir:
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 extracted_tasks=tasks, work_dir=work_dir, seed=seed, space=_space(ms),
