@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from .errors import TargetUnavailable
 
-__all__ = ["available", "load"]
+__all__ = ["available", "load", "rpc_tracker_class"]
 
 
 @functools.cache
@@ -21,8 +21,10 @@ def load() -> SimpleNamespace:
     try:
         import tvm
         from tvm import relax, rpc
+        from tvm.ir.utils import derived_object
         from tvm.relax.frontend.torch import from_exported_program
         from tvm.s_tir import meta_schedule as ms
+        from tvm.s_tir.meta_schedule.builder import local_builder
         from tvm.script import tirx as T
         from tvm.support import cc, utils
     except ImportError as exc:  # pragma: no cover - exercised only without tvm
@@ -39,8 +41,22 @@ def load() -> SimpleNamespace:
         ms=ms,
         T=T,
         from_exported_program=from_exported_program,
+        derived_object=derived_object,
+        local_builder=local_builder,
         version=str(tvm.__version__),
     )
+
+
+def rpc_tracker_class() -> type:
+    """TVM's RPC tracker (it needs ``tornado``, which TVM itself does not require)."""
+    load()
+    try:
+        from tvm.rpc.tracker import Tracker
+    except ImportError as exc:
+        raise TargetUnavailable(
+            f"a TVM RPC tracker needs the `tornado` package (pip install tornado): {exc}"
+        ) from exc
+    return Tracker
 
 
 def available() -> bool:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._tvm import load
-from .errors import BuildFailed, CompilerError, DeviceLost, RunTimedOut, TargetUnavailable
+from ._tvm import load, rpc_tracker_class
+from .errors import BuildFailed, CompilerError, DeviceLost, RunTimedOut
 from .targets import Target
 
 __all__ = ["LoopbackFarm", "call_with_retries", "classify", "connect", "start_loopback"]
@@ -116,12 +116,7 @@ class LoopbackFarm:
 def start_loopback(key: str = "loopback", wait_s: float = 20.0) -> LoopbackFarm:
     """Start a tracker + server bound to 127.0.0.1 only; waits until the server registered."""
     api = load()
-    try:
-        from tvm.rpc.tracker import Tracker  # tvm's tracker needs `tornado`
-    except ImportError as exc:
-        raise TargetUnavailable(
-            f"a TVM RPC tracker needs the `tornado` package (pip install tornado): {exc}"
-        ) from exc
+    Tracker = rpc_tracker_class()  # noqa: N806 - a class
     port = _free_port()
     tracker = Tracker(host="127.0.0.1", port=port, port_end=port + 50,
                                       silent=True)

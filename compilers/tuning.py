@@ -36,17 +36,16 @@ def _is_scheduled(func) -> bool:  # noqa: ANN001
     return bool(attrs is not None and "tir.is_scheduled" in attrs and attrs["tir.is_scheduled"])
 
 
-def _in_process_builder(ms):  # noqa: ANN001, ANN202
+def _in_process_builder(api):  # noqa: ANN001, ANN202
     """A MetaSchedule builder that compiles candidates in this process.
 
     The stock LocalBuilder ships each candidate to a popen worker; on apache-tvm 0.27.0.post1
     every such build takes ~30 s here (measured; the same build in-process takes 0.05 s), which
     makes small tuning budgets useless. Building in-process loses crash isolation only.
     """
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.builder import local_builder
+    ms, local_builder = api.ms, api.local_builder
 
-    @derived_object
+    @api.derived_object
     class InProcessBuilder(ms.builder.PyBuilder):
         def build(self, build_inputs):  # noqa: ANN001, ANN202
             results = []
@@ -162,7 +161,7 @@ class TuningDatabase:
                     max_trials_per_task=trials_per_task,
                     num_trials_per_iter=min(64, trials_per_task),
                     database=self._db,
-                    builder=_in_process_builder(ms),
+                    builder=_in_process_builder(api),
                     runner=ms.runner.LocalRunner(timeout_sec=30),
                     cost_model=_cost_model(),
                 )
