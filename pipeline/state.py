@@ -11,13 +11,12 @@ committed tasks never change. Files are written atomically (temp + rename) and h
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from pipeline._atomic import atomic_write
 from pipeline.errors import InputError
 from pipeline.evaluation import evaluate_snapshot
 
@@ -25,19 +24,10 @@ if TYPE_CHECKING:
     from pipeline.runner import RunResult, _Session
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_state_before_commit(s: _Session, tasks_after_commit: int) -> None:
     """The live model as it is right before the commit that makes ``tasks_after_commit``."""
     arrays = {k: v.detach().cpu().numpy() for k, v in s.model.state_dict().items()}
-    _atomic(s.run_dir / f"state-{tasks_after_commit}.npz", lambda f: np.savez(f, **arrays))
+    atomic_write(s.run_dir / f"state-{tasks_after_commit}.npz", lambda f: np.savez(f, **arrays))
 
 
 def save_state(s: _Session, result: RunResult) -> None:
@@ -48,7 +38,7 @@ def save_state(s: _Session, result: RunResult) -> None:
             "records": [{"index": r.index, "name": r.name, "acc_at_commit": r.acc_at_commit,
                          "val_acc": r.val_acc, "compression": r.compression}
                         for r in result.tasks]}
-    _atomic(s.run_dir / "progress.json", lambda f: f.write(json.dumps(data).encode()))
+    atomic_write(s.run_dir / "progress.json", lambda f: f.write(json.dumps(data).encode()))
     # only now, with the commit on disk, is the previous state no longer needed
     keep = s.run_dir / f"state-{s.store.num_tasks}.npz"
     for old in s.run_dir.glob("state-*.npz"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline._atomic import atomic_write
 from search._objective import Latency, LatencyFn
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,7 @@ def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
         result = Latency(m.median_ms, m.p90_ms, tuned=m.tuned,
                          seconds=time.perf_counter() - start)
         cache[key] = asdict(result)
-        tmp = table.with_name(table.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, table)
+        atomic_write(table, lambda f: f.write(json.dumps(cache).encode()))
         return result
 
     return latency

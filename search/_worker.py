@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipeline._atomic import atomic_write
 from pipeline.errors import InputError
 from pipeline.methods import TaskMasks
 
@@ -38,10 +38,7 @@ def publish_task(s, task: int, masks: TaskMasks, run) -> None:
         arrays[f"mask/{name}"] = masks.mask[name].numpy()
         arrays[f"own/{name}"] = masks.own[name].numpy()
         arrays[f"shared/{name}"] = masks.shared[name].numpy()
-    tmp = state.with_name(state.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, state)
+    atomic_write(state, lambda f: np.savez(f, **arrays))
     meta.write_text(json.dumps({"task": task, "mlflow_run_id": run.run_id}))
 
 

@@ -8,11 +8,11 @@ Debian package) into the same npz layout once; run time reads only that npz, wit
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from pipeline._atomic import atomic_write
 from pipeline.data._types import Images
 from pipeline.errors import DataMissingError
 
@@ -58,14 +58,8 @@ def check_cached(name: str, cache_dir: Path | None = None) -> None:
 def save_images(path: Path, images: Images) -> None:
     """Write ``images`` to ``path`` atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # not mkstemp: its 0600 mode would ignore the umask
-            np.savez(f, **{k: np.ascontiguousarray(v) for k, v in images._asdict().items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(
+        f, **{k: np.ascontiguousarray(v) for k, v in images._asdict().items()}))
 
 
 def load_cached(name: str, cache_dir: Path | None = None) -> Images:

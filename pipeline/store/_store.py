@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline._atomic import atomic_write
 from pipeline.errors import PipelineError, StoreError
 from pipeline.store._codec import (
     TASK_PARTS,
@@ -323,32 +324,13 @@ class PackedStore:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     delay = os.environ.get(SLEEP_ENV, "")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        if delay:
-            time.sleep(_parse_delay(delay))  # test hook: widens the window a SIGKILL test aims at
-        os.replace(tmp, path)
+        # the sleep is a test hook: it widens the window a SIGKILL test aims at
+        atomic_write(path, lambda f: f.write(data),
+                     before_replace=(lambda: time.sleep(_parse_delay(delay))) if delay else None)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StoreError(f"store file {path} must be writable, found {exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # persist the rename itself; not every platform lets a directory be fsync'ed
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _parse_delay(text: str) -> float:
