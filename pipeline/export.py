@@ -17,6 +17,7 @@ from pipeline.data import build_stream
 from pipeline.errors import InputError, PipelineError
 from pipeline.models import build_model, model_fingerprint
 from pipeline.recipe import Recipe, TargetConfig, load_recipe
+from pipeline.runner import committed_snapshot
 from pipeline.store import PackedStore
 from pipeline.subnet import task_module
 from pipeline.targets import to_target
@@ -60,9 +61,8 @@ def export_tasks(store_path: Path, tasks: list[int] | None, target_name: str,
     example = torch.randn(1, *stream.input_shape, generator=torch.Generator().manual_seed(0))
     folders = []
     for t in wanted:
-        weights = store.materialize(t)  # StoreError (exit 2) for a task id that does not exist
-        snap = {(f"{k}.weight" if k in store.layers else k): v for k, v in weights.items()}
-        module = task_module(model, snap, t)
+        # StoreError (exit 2) for a task id that does not exist
+        module = task_module(model, committed_snapshot(store, t), t)
         try:
             folders.append(export_bundle(
                 module, example, to_target(target_cfg), out, task=t, store_hash=store_hash,

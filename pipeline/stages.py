@@ -32,6 +32,14 @@ def task_tensors(model: ContinualNet, task: int) -> dict[str, torch.Tensor]:
     return {n: state[n].detach().clone() for n in model.task_param_names(task)}
 
 
+def load_task_tensors(model: ContinualNet, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy a task's tensors (head, per-task norms) into the live model."""
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for k, v in tensors.items():
+            state[k].copy_(v)
+
+
 def trained_layers(model: ContinualNet, masks: TaskMasks) -> dict[str, LayerResult]:
     """The task right after training: its masks and the live fp32 weights, per layer."""
     return {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
@@ -61,10 +69,7 @@ def compress_task(s: _Session, task: Task, masks: TaskMasks, bars: Bars,
     split_layers = {n for n, r in layers.items() if (r.own & method.consolidated[n]).any()}
     acc_q = quantize(ctx, layers, plans, cfg.quantize.bits, cfg.quantize.delta,
                      cfg.quantize.adaptive, required=split_layers, bars=bars)
-    with torch.no_grad():  # the live head takes what fine-tuning made of it
-        state = dict(s.model.named_parameters()) | dict(s.model.named_buffers())
-        for k, v in ctx.task_tensors.items():
-            state[k].copy_(v)
+    load_task_tensors(s.model, ctx.task_tensors)  # the live head takes what fine-tuning made
     method.finalize(t, {n: r.mask for n, r in layers.items()})
     stats = {"acc_val_trained": acc_trained, "acc_val_pruned": acc_pruned,
              "acc_val_quantized": acc_q, "compress_evaluations": ctx.evaluations,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from search._objective import Latency, LatencyFn, TaskProblem, TrialResult
 from search._select import Point, pareto_front, select
 from search._space import LayerSpace, resolve_space, suggest_plans
-from search._worker import publish_task, run_worker
+from search._worker import publish_task, retract_task, run_worker
 
 if TYPE_CHECKING:
     from pipeline.runner import CompressFn
@@ -40,20 +40,17 @@ def make_search_compressor(recipe, latency_fn: LatencyFn | None = None,
     Latency defaults to the model compiled for the recipe's search target (``search.target``,
     else the first target), measured by ``compilers.measure`` and cached by structure.
     """
-    import torch
-
+    from pipeline.compress import CompressContext, summarize
+    from pipeline.errors import RecipeError
+    from pipeline.methods import TSN
+    from pipeline.stages import load_task_tensors, task_tensors, trained_layers
     from pipeline.targets import find_target
+    from search._driver import search_task
     from search._latency import compiled_latency, realizability_labels
 
     target_cfg = find_target(recipe, recipe.search.target)
     cache_dir = recipe.output_dir.parent / "tvm-cache"
     latency_fn = latency_fn or compiled_latency(target_cfg, cache_dir)
-
-    from pipeline.compress import CompressContext, summarize
-    from pipeline.errors import RecipeError
-    from pipeline.methods import TSN
-    from pipeline.stages import task_tensors, trained_layers
-    from search._driver import search_task
 
     def compress(s, task, masks, bars, run):
         method, recipe, t = s.method, s.recipe, task.index
@@ -82,12 +79,9 @@ def make_search_compressor(recipe, latency_fn: LatencyFn | None = None,
                               f"{recipe.name}-task-{t}", folder / f"task-{t}", bars, worker)
         if worker:
             return {}, outcome.stats
-        (folder / f"task-{t}-trained.npz").unlink(missing_ok=True)
+        retract_task(s, t)
         layers, tensors, acc = problem.apply(outcome.plans)
-        with torch.no_grad():
-            state = dict(s.model.named_parameters()) | dict(s.model.named_buffers())
-            for k, v in tensors.items():
-                state[k].copy_(v)
+        load_task_tensors(s.model, tensors)
         method.finalize(t, {n: r.mask for n, r in layers.items()})
         stats = {"acc_val_trained": reference, "acc_val_quantized": acc, **outcome.stats,
                  **summarize(layers)}

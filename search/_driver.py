@@ -58,16 +58,6 @@ def _constraints(cfg: SearchConfig, res: TrialResult, reference: float) -> dict[
     return out
 
 
-def _plans_from_params(params: dict, space: dict[str, LayerSpace]) -> dict[str, LayerPlan]:
-    plans = {}
-    for name, s in space.items():
-        plans[name] = LayerPlan(
-            sparsity=round(params.get(f"{name}.sparsity", s.sparsity[0]), 6),
-            pattern=params.get(f"{name}.pattern", s.patterns[0]),
-            bits=params.get(f"{name}.bits", s.bits[0]))
-    return plans
-
-
 def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerSpace],
                 run: Run, journal: Path, study_name: str, artifacts: Path,
                 bars: Bars = QUIET, worker: bool = False) -> SearchOutcome:
@@ -163,7 +153,10 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
         {"trial": chosen.number, "reason": reason, "params": params.get(chosen.number, {})},
         indent=2))
     run.log_artifact(artifacts / "chosen.json", "pareto")
-    return SearchOutcome(_plans_from_params(params[chosen.number], space), chosen.number,
+    from optuna.trial import FixedTrial
+
+    plans = suggest_plans(FixedTrial(params[chosen.number]), space)  # the chosen trial's plan
+    return SearchOutcome(plans, chosen.number,
                          reason, points, front, ran, failures, wall, compile_s, hits, stats)
 
 

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pipeline.compress import CompressContext, LayerResult, finetune_own, prune, quantize
+from pipeline.compress import (
+    CompressContext,
+    LayerResult,
+    finetune_own,
+    layer_snapshot,
+    prune,
+    quantize,
+)
 from pipeline.recipe import LayerPlan
 from pipeline.store import LayerCommit, PackedStore, TaskCommit
 from pipeline.subnet import task_module
@@ -90,9 +97,7 @@ class TaskProblem:
 
     def module_of(self, layers: dict[str, LayerResult],
                   tensors: dict[str, torch.Tensor]) -> nn.Module:
-        snap = {f"{n}.weight": torch.where(r.mask, r.values, 0.0) for n, r in layers.items()}
-        snap.update(tensors)
-        return task_module(self.ctx.model, snap, self.ctx.task)
+        return task_module(self.ctx.model, layer_snapshot(layers, tensors), self.ctx.task)
 
     def run(self, plans: dict[str, LayerPlan]) -> TrialResult:
         start = time.perf_counter()

@@ -42,8 +42,14 @@ def publish_task(s, task: int, masks: TaskMasks, run) -> None:
     meta.write_text(json.dumps({"task": task, "mlflow_run_id": run.run_id}))
 
 
-def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None) -> int:
-    """Add trials to task ``task``'s study; returns how many this worker ran."""
+def retract_task(s, task: int) -> None:
+    """The task is searched: workers have nothing left to start from."""
+    for path in _paths(s.run_dir, task):
+        path.unlink(missing_ok=True)
+
+
+def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None) -> None:
+    """Add trials to task ``task``'s study until its budget is reached."""
     from pipeline.progress import QUIET
     from pipeline.runner import prepare
     from pipeline.stages import sync_with_store
@@ -77,4 +83,3 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
     data = s.stream.load(task)
     compress = make_search_compressor(recipe, worker=True)
     compress(s, data, masks, bars or QUIET, run)
-    return 1

@@ -54,6 +54,15 @@ class CompressResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+def layer_snapshot(layers: dict[str, LayerResult],
+                   tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The task as candidate ``layers`` make it, keyed like the model's state dict."""
+    snap = {f"{n}.weight": torch.where(r.mask, r.values, torch.zeros((), dtype=r.values.dtype))
+            for n, r in layers.items()}
+    snap.update(tensors)
+    return snap
+
+
 @dataclass
 class CompressContext:
     """What compression needs to evaluate candidates of task ``task``."""
@@ -66,12 +75,9 @@ class CompressContext:
     evaluations: int = 0
 
     def accuracy(self, layers: dict[str, LayerResult], split: Split | None = None) -> float:
-        snap = {f"{n}.weight": torch.where(r.mask, r.values, torch.zeros((), dtype=r.values.dtype))
-                for n, r in layers.items()}
-        snap.update(self.task_tensors)
         self.evaluations += 1
-        return evaluate_snapshot(self.model, snap, self.task, split or self.data.val,
-                                 self.eval_batch_size)[0]
+        return evaluate_snapshot(self.model, layer_snapshot(layers, self.task_tensors),
+                                 self.task, split or self.data.val, self.eval_batch_size)[0]
 
 
 def prune(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[str, LayerPlan],
