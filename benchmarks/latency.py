@@ -4,8 +4,9 @@ Seeded synthetic MLP 784-2000-2000 + 10-way head; hidden layers pruned in 16x1 b
 blocks removed) and 10% of the second layer's units dead (zero rows: what `shrink` removes).
 Rows, side by side in one run at batch 1 and 64: PyTorch eager (dense-masked), ONNX Runtime
 (dense-masked), TVM untuned, TVM tuned dense, TVM tuned + shrink, TVM tuned + block-sparse,
-TVM tuned + shrink + block-sparse. Every figure is measured in this run; the roofline bound uses
-memory bandwidth and matmul throughput measured here too.
+TVM tuned + shrink + block-sparse, TVM + int8 weights (hand-written int8 kernel, every linear
+including the head), TVM + block-sparse + int8 (int8 block data). Every figure is measured in
+this run; the roofline bound uses memory bandwidth and matmul throughput measured here too.
 
     python benchmarks/latency.py            # full (MetaSchedule budget --trials per workload)
     python benchmarks/latency.py --quick    # small MLP, few trials
@@ -28,6 +29,7 @@ from torch import nn
 
 from compilers import Target, get_compiler, measure
 from compilers.measure import Measurement
+from compilers.quantize import to_int8
 from compilers.transforms import shrink, to_block_sparse
 
 
@@ -84,9 +86,14 @@ def _work(model: nn.Module, batch: int) -> tuple[float, float]:
             n = float(m.weight.numel())  # dense kernels read every weight, zeros included
             bytes_ += 4 * n
             flops += 2 * batch * n
+        elif type(m).__name__ == "Int8Linear":
+            n = float(m.qweight.numel())
+            bytes_ += n + 4 * m.qweight.shape[0]  # int8 codes + one fp32 scale per row
+            flops += 2 * batch * n
         elif type(m).__name__ == "BlockSparseLinear":
             n = float((m.weight != 0).sum())
-            bytes_ += 4 * n + 4 * n / (m.bh * m.bw)  # values + one int32 index per block
+            value_bytes = 4 if m.scale is None else 1  # fp32 or int8 block data
+            bytes_ += value_bytes * n + 4 * n / (m.bh * m.bw)  # values + an int32 per block
             flops += 2 * batch * n
     return bytes_, flops
 
@@ -157,11 +164,20 @@ def benchmark_module(
          True),
         ("TVM tuned + shrink + block-sparse", ("shrink", "block_sparse"), tune_trials,
          to_block_sparse(shrunk), True),
+        # int8 rows: every linear runs a hand-scheduled kernel, so there is nothing to tune.
+        ("TVM + int8 weights", ("int8",), tune_trials, to_int8(module), False),
+        ("TVM + block-sparse + int8", ("block_sparse", "int8"), tune_trials,
+         to_int8(to_block_sparse(module)), True),
     ]
     for name, transforms, trials, executed, sparse in variants:
         compiled = tvm.compile(module, example_input, host, transforms=transforms,
                                tune_trials=trials, cache_dir=cache_dir)
         rows.append(Row(name, measure(compiled, example_input), bound(executed, sparse)))
+        if "int8_error" in compiled.notes:
+            err = compiled.notes["int8_error"]
+            print(f"  {name}: int8 vs fp32 output error max abs {err['max_abs_err']:.2e}, "
+                  f"rel {err['max_rel_err']:.2e} (build vs int8 eager: "
+                  f"{compiled.numerics.max_rel_err if compiled.numerics else float('nan'):.1e})")
     return rows
 
 
@@ -178,6 +194,10 @@ def print_table(title: str, rows: list[Row]) -> None:
     bs = by["TVM tuned + block-sparse"]
     print(f"block-sparse vs tuned dense TVM: {dense / bs:.2f}x faster; "
           f"vs ONNX Runtime dense-masked: {by['ONNX Runtime (dense-masked)'] / bs:.2f}x faster")
+    i8 = by["TVM + int8 weights"]
+    print(f"int8 weights vs tuned dense TVM: {dense / i8:.2f}x faster; vs PyTorch eager: "
+          f"{by['PyTorch eager (dense-masked)'] / i8:.2f}x; block-sparse + int8 vs block-sparse: "
+          f"{bs / by['TVM + block-sparse + int8']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:

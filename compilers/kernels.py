@@ -4,6 +4,8 @@ Layout: the weight W (M x K) is cut into (bh x bw) blocks; only blocks holding a
 stored, block row by block row (BSR). Each stored block is transposed to (bw, bh) so the kernel's
 innermost, vectorized loop runs over bh *output* units with unit stride: a 16x1 block is exactly
 one AVX-512 register of fp32. That is why tall blocks are fast and wide ones are not (DESIGN §5).
+The block data is fp32, or int8 codes after the ``int8`` transform (converted to fp32 in registers;
+the per-row scale multiplies the accumulated sum once; fp32 weights use scale 1, which is exact).
 
 Schedule (hand-written; MetaSchedule cannot schedule data-dependent loops):
   parallel over block rows -> tile of NT batch rows -> U accumulator sets (independent FMA chains
@@ -24,7 +26,7 @@ __all__ = ["BSRWeight", "pack_bsr", "bsr_linear_kernel", "kernel_tiling"]
 
 @dataclass(frozen=True)
 class BSRWeight:
-    data: np.ndarray  # (nnz_blocks, bw, bh) float32
+    data: np.ndarray  # (nnz_blocks, bw, bh) float32 or int8
     indices: np.ndarray  # (nnz_blocks,) int32: block column of each stored block
     indptr: np.ndarray  # (M / bh + 1,) int32: per block row, first group of U stored blocks
     shape: tuple[int, int]
@@ -45,25 +47,29 @@ def kernel_tiling(batch: int) -> tuple[int, int]:
 
 
 def pack_bsr(weight: np.ndarray, bh: int, bw: int, group: int) -> BSRWeight:
-    """Pack a dense weight with zero blocks into :class:`BSRWeight` (exact: no value changes)."""
+    """Pack a dense weight with zero blocks into :class:`BSRWeight` (exact: no value changes).
+
+    float32 and int8 weights keep their dtype; any other dtype is packed as float32.
+    """
     m, k = weight.shape
     if m % bh or k % bw:
         raise ValueError(
             f"weight shape {weight.shape} must be divisible by the block ({bh}, {bw})."
         )
     rows, cols = m // bh, k // bw
-    blocks = weight.astype(np.float32).reshape(rows, bh, cols, bw).transpose(0, 2, 3, 1)
+    dtype = np.int8 if weight.dtype == np.int8 else np.float32
+    blocks = weight.astype(dtype).reshape(rows, bh, cols, bw).transpose(0, 2, 3, 1)
     nonzero = (blocks != 0).any(axis=(2, 3))
     data, indices, indptr = [], [], [0]
     for r in range(rows):
         cs = np.nonzero(nonzero[r])[0]
         pad = (-len(cs)) % group
         data.append(blocks[r, cs])
-        data.append(np.zeros((pad, bw, bh), np.float32))
+        data.append(np.zeros((pad, bw, bh), dtype))
         indices.append(np.concatenate([cs, np.zeros(pad, np.int64)]))
         indptr.append(indptr[-1] + (len(cs) + pad) // group)
     return BSRWeight(
-        data=np.ascontiguousarray(np.concatenate(data), dtype=np.float32),
+        data=np.ascontiguousarray(np.concatenate(data), dtype=dtype),
         indices=np.concatenate(indices).astype(np.int32),
         indptr=np.asarray(indptr, dtype=np.int32),
         shape=(m, k),
@@ -73,7 +79,7 @@ def pack_bsr(weight: np.ndarray, bh: int, bw: int, group: int) -> BSRWeight:
 
 
 def bsr_linear_kernel(batch: int, w: BSRWeight, relu: bool):
-    """A TIR PrimFunc ``(x, data, indices, indptr, bias, y)`` computing y = act(x W^T + b)."""
+    """A TIR PrimFunc ``(x, data, indices, indptr, scale, bias, y)``: y = act((x W^T) * s + b)."""
     T = load().T  # noqa: N806 - TVMScript convention
     m, k = w.shape
     bh, bw = w.block
@@ -86,9 +92,10 @@ def bsr_linear_kernel(batch: int, w: BSRWeight, relu: bool):
     @T.prim_func(private=True)
     def bsr_linear(
         x: T.Buffer((batch, k), "float32"),
-        data: T.Buffer((nnz, bw, bh), "float32"),
+        data: T.Buffer((nnz, bw, bh), str(w.data.dtype)),
         indices: T.Buffer((nnz,), "int32"),
         indptr: T.Buffer((rows + 1,), "int32"),
+        scale: T.Buffer((m,), "float32"),
         bias: T.Buffer((m,), "float32"),
         y: T.Buffer((batch, m), "float32"),
     ):
@@ -109,12 +116,12 @@ def bsr_linear_kernel(batch: int, w: BSRWeight, relu: bool):
                                 for i in T.vectorized(bh):
                                     acc[g, ni, i] = acc[g, ni, i] + x[
                                         no * nt + ni, indices[jo * u + g] * bw + kk
-                                    ] * data[jo * u + g, kk, i]
+                                    ] * T.Cast("float32", data[jo * u + g, kk, i])
                 for ni in T.unroll(nt):
                     for i in T.vectorized(bh):
                         y[no * nt + ni, r * bh + i] = T.max(
-                            acc[0, ni, i]
-                            + acc[u - 1, ni, i] * T.float32(u - 1)
+                            (acc[0, ni, i] + acc[u - 1, ni, i] * T.float32(u - 1))
+                            * scale[r * bh + i]
                             + bias[r * bh + i],
                             T.float32(lo),
                         )

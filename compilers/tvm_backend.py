@@ -1,9 +1,10 @@
 """The TVM backend: torch.export -> Relax -> (MetaSchedule) -> build, per target.
 
-Transforms are applied to the torch module first (shrink, block-sparse marking); the importer then
-maps ``taskpack::bsr_linear`` nodes to a ``call_tir`` of the hand-written TIR kernel with the BSR
-arrays baked in as constants. Dense ops go through Relax legalization and, when a tuning budget is
-given, MetaSchedule; a persistent database makes every later build of the same workloads fast.
+Transforms are applied to the torch module first (shrink, block-sparse marking, int8); the importer
+then maps ``taskpack::bsr_linear`` and ``taskpack::int8_linear`` nodes to a ``call_tir`` of the
+hand-written TIR kernels with the BSR arrays / int8 weights baked in as constants. Dense ops go
+through Relax legalization and, when a tuning budget is given, MetaSchedule; a persistent database
+makes every later build of the same workloads fast.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from ._base import DEFAULT_CACHE_DIR, Compiler, check_transforms
 from ._tvm import load
 from .errors import BuildFailed, TargetUnavailable
 from .hashing import compile_key
+from .int8_kernel import int8_linear_kernel, pack_int8
+from .int8_ops import INT8_OP_NAME
 from .kernels import bsr_linear_kernel, kernel_tiling, pack_bsr
 from .numerics import check_numerics, fixed_inputs
-from .quantize import to_int8
+from .quantize import quantization_error, to_int8
 from .sparse_ops import OP_NAME
 from .targets import Target, cross_compiler_path
 from .transforms import shrink, to_block_sparse
 from .tuning import TuningDatabase
 from .tvm_model import TVMModel
 
-__all__ = ["TVMCompiler", "prepare_module", "to_tvm_target"]
+__all__ = ["TVMCompiler", "constant_bytes", "prepare_module", "to_tvm_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +75,18 @@ def prepare_module(module: nn.Module, transforms: Sequence[str]) -> nn.Module:
         model = shrink(model)
     if "block_sparse" in transforms:
         model = to_block_sparse(model)
+    if "int8" in transforms:
+        model = to_int8(model)
     return model
+
+
+def _param(tensors: dict[str, torch.Tensor], node, op: str) -> np.ndarray:  # noqa: ANN001
+    if node.name not in tensors:
+        raise BuildFailed(
+            f"{op}'s weights must be parameters or buffers of the module, but {node.name!r} is a "
+            "computed value."
+        )
+    return tensors[node.name].detach().cpu().numpy()
 
 
 def _bsr_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
@@ -81,32 +95,78 @@ def _bsr_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
     def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
         relax = load().relax
         x = importer.env[node.args[0]]
-        weight_node, bias_node = node.args[1], node.args[2]
-        bh, bw, relu = node.args[3], node.args[4], node.args[5]
-        if weight_node.name not in tensors:
-            raise BuildFailed(
-                f"bsr_linear's weight must be a parameter of the module, but {weight_node.name!r}"
-                " is a computed value."
-            )
-        weight = tensors[weight_node.name].detach().cpu().numpy()
+        weight_node, scale_node, bias_node = node.args[1], node.args[2], node.args[3]
+        bh, bw, relu = node.args[4], node.args[5], node.args[6]
+        weight = _param(tensors, weight_node, "bsr_linear")
         shape = [int(d) for d in node.args[0].meta["val"].shape]
         if len(shape) != 2:
             raise BuildFailed(f"bsr_linear input must be 2-D (batch, features), but got {shape}.")
         batch, m = shape[0], weight.shape[0]
         bias = (
-            tensors[bias_node.name].detach().cpu().numpy()
+            _param(tensors, bias_node, "bsr_linear")
             if bias_node is not None
             else np.zeros(m, dtype=np.float32)
+        )
+        scale = (  # fp32 weights: scale 1 (multiplying by 1.0 is exact)
+            _param(tensors, scale_node, "bsr_linear")
+            if scale_node is not None
+            else np.ones(m, dtype=np.float32)
         )
         packed = pack_bsr(weight, bh, bw, group=kernel_tiling(batch)[0])
         func = bsr_linear_kernel(batch, packed, relu)
         gv = importer.block_builder.add_func(func, "bsr_linear")
-        consts = (packed.data, packed.indices, packed.indptr, bias.astype(np.float32))
+        consts = (packed.data, packed.indices, packed.indptr, scale.astype(np.float32),
+                  bias.astype(np.float32))
         args = [x] + [relax.const(a) for a in consts]
         out = relax.TensorType((batch, m), "float32")
         return importer.block_builder.emit(relax.call_tir(gv, args, out))
 
     return convert
+
+
+def _int8_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
+    """The importer hook for ``taskpack::int8_linear``: int8 constants into the int8 kernel."""
+
+    def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
+        relax = load().relax
+        bb = importer.block_builder
+        x = importer.env[node.args[0]]
+        q = _param(tensors, node.args[1], "int8_linear")
+        scale = _param(tensors, node.args[2], "int8_linear").astype(np.float32)
+        bias_node, relu = node.args[3], node.args[4]
+        m, k = q.shape
+        shape = [int(d) for d in node.args[0].meta["val"].shape]
+        batch = int(np.prod(shape[:-1]))
+        packed = pack_int8(q, scale)
+        bias = np.zeros(m, np.float32)
+        if bias_node is not None:
+            bias[:] = _param(tensors, bias_node, "int8_linear")
+        if len(shape) != 2:  # the kernel is 2-D: flatten leading dims, restore them below
+            x = bb.emit(relax.op.reshape(x, (batch, k)))
+        gv = bb.add_func(int8_linear_kernel(batch, packed, relu), "int8_linear")
+        args = [x, relax.const(packed.data), relax.const(packed.scale), relax.const(bias)]
+        y = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, m), "float32")))
+        if len(shape) != 2:
+            y = bb.emit(relax.op.reshape(y, (*shape[:-1], m)))
+        return y
+
+    return convert
+
+
+def constant_bytes(mod) -> dict[str, int]:  # noqa: ANN001 - an IRModule
+    """Bytes of the constants in ``mod``'s Relax functions, by dtype (what the weights cost)."""
+    api = load()
+    sizes: dict[str, int] = {}
+
+    def visit(expr) -> None:  # noqa: ANN001
+        if isinstance(expr, api.tvm.ir.expr.GenericConst):
+            value = expr.value.numpy()
+            sizes[str(value.dtype)] = sizes.get(str(value.dtype), 0) + int(value.nbytes)
+
+    for func in mod.functions.values():
+        if isinstance(func, api.relax.Function):
+            api.relax.analysis.post_order_visit(func, visit)
+    return sizes
 
 
 def import_relax(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201 - IRModule
@@ -123,7 +183,10 @@ def import_relax(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201
             exported,
             keep_params_as_input=False,
             unwrap_unit_return_tuple=True,
-            custom_convert_map={OP_NAME: _bsr_converter(tensors)},
+            custom_convert_map={
+                OP_NAME: _bsr_converter(tensors),
+                INT8_OP_NAME: _int8_converter(tensors),
+            },
         )
     except BuildFailed:
         raise
@@ -165,8 +228,6 @@ class TVMCompiler(Compiler):
         tvm_target = to_tvm_target(target)
         cross_compiler_path(target)  # fail early when an aarch64 target has no linker
         prepared = prepare_module(module, transforms)
-        if "int8" in transforms:
-            prepared = to_int8(prepared)
         mod = import_relax(prepared, example_input)
         db = TuningDatabase(cache_dir, target)
         start = time.perf_counter()
@@ -194,13 +255,18 @@ class TVMCompiler(Compiler):
             tuning_db_hash=db.digest() if tune_trials > 0 else None,
             compiler_version=f"tvm-{api.version}",
             key=key,
-            notes={"build_s": build_s, "workloads_tuned": tuned, "tvm_target": str(tvm_target)},
+            notes={"build_s": build_s, "workloads_tuned": tuned, "tvm_target": str(tvm_target),
+                   "constant_bytes": constant_bytes(mod)},
             executable=executable,
         )
         if self.check and target.kind != "aarch64":
-            compiled.numerics = check_numerics(
-                compiled, module, fixed_inputs(example_input), rtol=self.rtol
-            )
+            inputs = fixed_inputs(example_input)
+            # int8 changes what the model computes: the build must match the quantized module
+            # (same tolerance); the quantization error against the original is recorded apart.
+            reference = prepared if "int8" in transforms else module
+            compiled.numerics = check_numerics(compiled, reference, inputs, rtol=self.rtol)
+            if "int8" in transforms:
+                compiled.notes["int8_error"] = quantization_error(module, prepared, inputs)
         self._cache[key] = compiled
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
