@@ -6,6 +6,9 @@ time, and the packed store's bytes by component with the ratio to one dense fp32
 
 ``--compare-policies`` runs the recipe twice, with ``method.policy=split`` and
 ``method.policy=reuse_only``, and prints them side by side (what splitting a weight buys).
+``--policy P`` runs only the ``P`` half of that comparison (same run folder), so the two halves
+can run in two processes at once (``--set train.threads=1`` each on a 2-core machine); then
+``--compare-policies --resume`` prints both without training anything again.
 Every figure is measured in this run: each task is re-tested from the store after every later
 task, and BWT is computed from those re-measurements; bytes are the store file's real bytes.
 """
@@ -27,6 +30,7 @@ from pipeline.recipe import load_recipe  # noqa: E402
 from pipeline.runner import RunResult, run_recipe  # noqa: E402
 from pipeline.tracking import NoopTracker, build_tracker  # noqa: E402
 
+POLICIES = ("split", "reuse_only")
 COMPONENTS = ("codes", "masks", "codebooks", "tensors", "metadata")
 
 
@@ -88,10 +92,12 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run (figures of the tasks committed before "
                          "come from that run's re-measurements)")
+    ap.add_argument("--policy", choices=POLICIES,
+                    help="run one half of --compare-policies (in its run folder)")
     args = ap.parse_args()
-    if args.compare_policies:
+    if args.compare_policies or args.policy:
         results = {}
-        for policy in ("split", "reuse_only"):
+        for policy in POLICIES if args.compare_policies else (args.policy,):
             overrides = [*args.overrides, f"method.policy={policy}",
                          f"name={load_recipe(args.recipe, args.overrides).name}-{policy}"]
             results[policy] = run(args.recipe, overrides, not args.no_track, args.resume)

@@ -61,11 +61,18 @@ class RunResult:
     matrix: AccuracyMatrix
     tasks: list[TaskRecord] = field(default_factory=list)
     wall_s: float = 0.0
+    # wall seconds of the earlier, interrupted part of a resumed run (from progress.json)
+    prior_wall_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
     run_id: str = ""
     where: str = ""
     store_path: Path | None = None
     resumed_from: int = 0
     store_metrics: dict[str, float] = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        """Wall seconds of the whole run so far, interrupted parts of a resumed run included."""
+        return self.prior_wall_s + time.perf_counter() - self.started
 
     @property
     def acc(self) -> float:
@@ -175,7 +182,7 @@ def run_recipe(recipe: Recipe, tracker: Tracker | None = None, bars: Bars = QUIE
     s = prepare(recipe, fresh)
     s.compress = compress
     result = RunResult(recipe, s.run_dir, AccuracyMatrix(), where=tracker.where(),
-                       store_path=s.store.path)
+                       store_path=s.store.path, started=start)
     resumed = load_state(s, result)
     result.resumed_from = resumed
     tags = {"taskpack.stream": recipe.benchmark.stream, "taskpack.method": recipe.method.kind}
@@ -187,7 +194,7 @@ def run_recipe(recipe: Recipe, tracker: Tracker | None = None, bars: Bars = QUIE
         parent.log_params(flatten(recipe_to_dict(recipe)))
         parent.log_artifact(s.run_dir / "recipe.yaml")
         _run_tasks(s, result, parent, bars, resumed)
-        result.wall_s = time.perf_counter() - start
+        result.wall_s = result.elapsed()
         _finish(s, result, parent)
     except KeyboardInterrupt:
         parent.end("KILLED")

@@ -34,7 +34,7 @@ def save_state(s: _Session, result: RunResult) -> None:
     """Accuracy rows and per-task records measured so far (after the commit)."""
     m = result.matrix
     data = {"tasks_done": len(m.rows), "rows": m.rows, "before": m.before,
-            "baseline": m.baseline,
+            "baseline": m.baseline, "wall_s": result.elapsed(),
             "records": [{"index": r.index, "name": r.name, "acc_at_commit": r.acc_at_commit,
                          "val_acc": r.val_acc, "compression": r.compression}
                         for r in result.tasks]}
@@ -67,6 +67,7 @@ def load_state(s: _Session, result: RunResult) -> int:
     progress = s.run_dir / "progress.json"
     data = json.loads(progress.read_text()) if progress.exists() else {"records": [], "rows": []}
     m = result.matrix
+    result.prior_wall_s = float(data.get("wall_s", 0.0))
     m.rows, m.before, m.baseline = data["rows"][:n], data.get("before", [])[:n], \
         data.get("baseline", [])[:n]
     bs = s.recipe.train.eval_batch_size

@@ -4,6 +4,7 @@ was never interrupted (real subprocess, real MNIST; marked slow)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -84,6 +85,10 @@ def test_rerunning_a_finished_recipe_does_no_work_and_fresh_starts_over(tmp_path
     again = run_recipe(recipe)
     assert again.resumed_from == 2
     assert again.matrix.rows == first.matrix.rows
+    # the wall time covers the whole run, the part done by the earlier process included
+    recorded = json.loads((first.run_dir / "progress.json").read_text())["wall_s"]
+    assert 0 < recorded <= first.wall_s
+    assert recorded < again.wall_s < first.wall_s + 30
     fresh = run_recipe(recipe, fresh=True)
     assert fresh.resumed_from == 0
     assert fresh.matrix.rows == first.matrix.rows  # seeded: the same run again
