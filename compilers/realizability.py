@@ -6,6 +6,7 @@ target. ``storage-only``: the choice saves bytes in the store but runs as dense 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,18 +37,26 @@ def _block(pattern: str) -> tuple[int, int] | None:
     return int(h), int(w)
 
 
-def layer_realizability(spec: LayerSpec, target: Target) -> Realizability:
-    """``speed-realizable`` when a transform of this package speeds the layer up on ``target``."""
-    if spec.pattern == "channel" and spec.sparsity > 0:
+def layer_realizability(spec: LayerSpec, target: Target,
+                        transforms: Sequence[str] = ("shrink", "block_sparse")) -> Realizability:
+    """``speed-realizable`` when one of ``transforms`` speeds the layer up on ``target``.
+
+    ``transforms`` are the target's compile-time transforms (a recipe target's ``transforms``).
+    """
+    cpu = target.arch in ("host", "aarch64")
+    if "int8" in transforms and spec.kind == "linear" and cpu and spec.bits <= 8:
+        return "speed-realizable"  # the int8 weight kernel reads 4x fewer bytes than fp32
+    if spec.pattern == "channel" and spec.sparsity > 0 and "shrink" in transforms:
         return "speed-realizable"  # shrink removes the channels on every backend
     block = _block(spec.pattern)
     if (
-        block in BLOCK_SHAPES
+        "block_sparse" in transforms
+        and block in BLOCK_SHAPES
         and spec.kind == "linear"
-        and target.arch in ("host", "aarch64")
+        and cpu
         and 1 - spec.sparsity <= MAX_BLOCK_DENSITY
         and spec.out_features % block[0] == 0
         and spec.in_features % block[1] == 0
     ):
         return "speed-realizable"  # the TIR block-sparse kernel (CPU targets only)
-    return "storage-only"  # unstructured / n:m / conv blocks / sub-8-bit: no kernel yet
+    return "storage-only"  # unstructured / n:m / conv blocks / bits without int8: no kernel

@@ -68,7 +68,7 @@ def realizability_labels(target_cfg, shapes: dict[str, tuple[int, ...]]):
             spec = LayerSpec(kind="linear" if len(shape) == 2 else "conv2d",
                              out_features=shape[0], in_features=int(math.prod(shape[1:])),
                              sparsity=plan.sparsity, pattern=plan.pattern, bits=plan.bits)
-            out[name] = layer_realizability(spec, target)
+            out[name] = layer_realizability(spec, target, target_cfg.transforms)
         return out
 
     return labels

@@ -97,6 +97,15 @@ def test_layer_realizability() -> None:
     assert layer_realizability(LayerSpec("conv2d", 64, 64, 0.5, "channel"), cuda) == (
         "speed-realizable"
     )
+    # a label follows the target's transforms: without block_sparse no kernel, with int8 the
+    # linear layers stored at <= 8 bits read int8 weights
+    assert layer_realizability(blocky, host, transforms=("shrink",)) == "storage-only"
+    dense8 = LayerSpec("linear", 64, 64, 0.5, "unstructured", bits=8)
+    assert layer_realizability(dense8, host) == "storage-only"
+    assert layer_realizability(dense8, host, transforms=("int8",)) == "speed-realizable"
+    assert layer_realizability(dense8, cuda, transforms=("int8",)) == "storage-only"
+    wide = LayerSpec("linear", 64, 64, 0.5, "unstructured", bits=16)
+    assert layer_realizability(wide, host, transforms=("int8",)) == "storage-only"
 
 
 def test_rpc_target_requires_address() -> None:
