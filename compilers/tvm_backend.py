@@ -232,11 +232,13 @@ class TVMCompiler(Compiler):
         db = TuningDatabase(cache_dir, target)
         start = time.perf_counter()
         tuned = 0
+        schedules: dict[str, str] = {}
         try:
             if tune_trials > 0:
                 mod = db.legalize(mod, tvm_target)
                 tuned = db.tune(mod, tvm_target, tune_trials)
                 executable = db.apply(mod, tvm_target)
+                schedules = db.schedule_sources(mod, tvm_target)
             else:
                 executable = api.tvm.compile(mod, target=tvm_target)
         except (BuildFailed, TargetUnavailable):
@@ -255,8 +257,8 @@ class TVMCompiler(Compiler):
             tuning_db_hash=db.digest() if tune_trials > 0 else None,
             compiler_version=f"tvm-{api.version}",
             key=key,
-            notes={"build_s": build_s, "workloads_tuned": tuned, "tvm_target": str(tvm_target),
-                   "constant_bytes": constant_bytes(mod)},
+            notes={"build_s": build_s, "workloads_tuned": tuned, "schedules": schedules,
+                   "tvm_target": str(tvm_target), "constant_bytes": constant_bytes(mod)},
             executable=executable,
         )
         if self.check and target.kind != "aarch64":

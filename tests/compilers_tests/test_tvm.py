@@ -24,12 +24,17 @@ def test_tuned_build_is_reused_from_database(tmp_path) -> None:  # noqa: ANN001
     first = get_compiler("tvm").compile(model.eval(), x, Target.host(), tune_trials=2,
                                         cache_dir=tmp_path)
     assert first.tuned and first.notes["workloads_tuned"] == 2
+    # every workload builds with a record from the database, not TVM's default lowering (the
+    # records were once silently never applied)
+    assert len(first.notes["schedules"]) == 2
+    assert set(first.notes["schedules"].values()) <= {"gemv", "metaschedule"}
     assert list(tmp_path.glob("tvm-*/host-*/database_tuning_record.json"))
     start = time.perf_counter()
     again = get_compiler("tvm").compile(model.eval(), x, Target.host(), tune_trials=2,
                                         cache_dir=tmp_path)  # a fresh compiler: no memory cache
     assert time.perf_counter() - start < 2.0
     assert again.notes["workloads_tuned"] == 0
+    assert again.notes["schedules"] == first.notes["schedules"]
     assert again.tuning_db_hash == first.tuning_db_hash
     assert again.numerics is not None and again.numerics.max_rel_err < 1e-4
 
