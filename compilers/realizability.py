@@ -49,14 +49,16 @@ def layer_realizability(spec: LayerSpec, target: Target,
     if spec.pattern == "channel" and spec.sparsity > 0 and "shrink" in transforms:
         return "speed-realizable"  # shrink removes the channels on every backend
     block = _block(spec.pattern)
+    # conv2d: ``in_features`` is C*kh*kw (the weight viewed as (O, C*kh*kw), as the kernel sees
+    # it; C alone also works for the 16x1 / 8x1 / 4x1 blocks, which need O % bh == 0 only).
     if (
         "block_sparse" in transforms
         and block in BLOCK_SHAPES
-        and spec.kind == "linear"
+        and spec.kind in ("linear", "conv2d")
         and cpu
         and 1 - spec.sparsity <= MAX_BLOCK_DENSITY
         and spec.out_features % block[0] == 0
         and spec.in_features % block[1] == 0
     ):
-        return "speed-realizable"  # the TIR block-sparse kernel (CPU targets only)
-    return "storage-only"  # unstructured / n:m / conv blocks / bits without int8: no kernel
+        return "speed-realizable"  # the TIR block-sparse kernel (convs via im2col; CPU only)
+    return "storage-only"  # unstructured / n:m / bits without int8 / conv int8: no kernel

@@ -1,4 +1,4 @@
-"""A torch custom op that marks a linear layer for the block-sparse kernel.
+"""Torch custom ops that mark linear and conv layers for the block-sparse kernel.
 
 ``torch.export`` keeps custom ops as single graph nodes, so the TVM importer sees
 ``taskpack::bsr_linear(x, weight, scale, bias, bh, bw, relu)`` with the weight as a constant and
@@ -6,6 +6,11 @@ swaps in the TIR kernel (see ``tvm_backend``). In eager mode the op is an ordina
 (+ ReLU), so a rewritten module is numerically the module it came from. After the ``int8``
 transform the weight is int8 with per-row ``scale`` (else ``scale`` is None) and eager runs the
 dequantized weight.
+
+``taskpack::bsr_conv2d(x, weight, bias, stride, padding, dilation, bh, bw, relu)`` does the same
+for an ``nn.Conv2d`` (groups 1, zero padding) whose weight, viewed as (O, C*kh*kw), has
+(bh, bw) blocks; eager is ``F.conv2d`` (+ ReLU), so the rewrite is exact. The TVM importer lowers
+it to im2col + the same BSR kernel. It stays fp32 under the ``int8`` transform (see ``quantize``).
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from torch import nn
 
 from .int8_ops import dequantize_weight, quantize_weight
 
-__all__ = ["BlockSparseLinear", "OP_NAME"]
+__all__ = [
+    "CONV_OP_NAME", "OP_NAME", "BlockSparseConv2d", "BlockSparseLinear", "conv_output_hw",
+    "conv_qualifies",
+]
 
 OP_NAME = "bsr_linear.default"  # how the op's node target is named in an exported graph
+CONV_OP_NAME = "bsr_conv2d.default"
 
 
 @torch.library.custom_op("taskpack::bsr_linear", mutates_args=())
@@ -73,3 +82,71 @@ class BlockSparseLinear(nn.Module):
         out, inp = self.weight.shape
         kind = "fp32" if self.scale is None else "int8"
         return f"{inp}->{out}, block=({self.bh},{self.bw}), {kind}, relu={self.relu}"
+
+
+@torch.library.custom_op("taskpack::bsr_conv2d", mutates_args=())
+def bsr_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
+    padding: list[int], dilation: list[int], bh: int, bw: int, relu: bool,
+) -> torch.Tensor:
+    y = F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
+    return torch.relu(y) if relu else y
+
+
+def conv_output_hw(
+    h: int, w: int, kernel: tuple[int, int], stride: list[int], padding: list[int],
+    dilation: list[int],
+) -> tuple[int, int]:
+    """(H_out, W_out) of a zero-padded conv (PyTorch's formula)."""
+    return tuple(  # type: ignore[return-value]
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, k, s, p, d in zip((h, w), kernel, stride, padding, dilation, strict=True)
+    )
+
+
+@bsr_conv2d.register_fake
+def _(x, weight, bias, stride, padding, dilation, bh, bw, relu):  # noqa: ANN001
+    ho, wo = conv_output_hw(x.shape[-2], x.shape[-1], tuple(weight.shape[2:]), stride, padding,
+                            dilation)
+    return x.new_empty((x.shape[0], weight.shape[0], ho, wo))
+
+
+def conv_qualifies(conv: nn.Conv2d) -> bool:
+    """Whether the kernel can run ``conv``: groups 1, zero padding given as integers, 2-D."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and len(conv.kernel_size) == 2
+    )
+
+
+class BlockSparseConv2d(nn.Module):
+    """``nn.Conv2d`` (optionally fused with the ReLU after it) whose weight, viewed as
+    (O, C*kh*kw), has (bh, bw) blocks. fp32 only."""
+
+    def __init__(self, conv: nn.Conv2d, bh: int, bw: int, relu: bool) -> None:
+        super().__init__()
+        if not conv_qualifies(conv):
+            raise ValueError(
+                "BlockSparseConv2d needs an nn.Conv2d with groups=1 and integer zero padding, "
+                f"but got {conv}."
+            )
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        bias = conv.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+        self.stride = [int(s) for s in conv.stride]
+        self.padding = [int(p) for p in conv.padding]
+        self.dilation = [int(d) for d in conv.dilation]
+        self.bh, self.bw, self.relu = bh, bw, relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = torch.ops.taskpack.bsr_conv2d
+        return op(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.bh,
+                  self.bw, self.relu)
+
+    def extra_repr(self) -> str:
+        out, inp, kh, kw = self.weight.shape
+        return (f"{inp}->{out}, kernel=({kh},{kw}), stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, block=({self.bh},{self.bw}), relu={self.relu}")

@@ -2,8 +2,10 @@
 
 * :func:`shrink` removes output units (neurons / channels) that are identically zero for the task
   and the matching inputs of their consumer, so every backend sees smaller shapes.
-* :func:`to_block_sparse` swaps linear layers whose weights follow a block pattern for
-  :class:`~compilers.sparse_ops.BlockSparseLinear`, which the TVM backend lowers to a TIR kernel.
+* :func:`to_block_sparse` swaps linear and conv layers whose weights follow a block pattern for
+  :class:`~compilers.sparse_ops.BlockSparseLinear` /
+  :class:`~compilers.sparse_ops.BlockSparseConv2d`, which the TVM backend lowers to a TIR kernel
+  (convs through im2col).
 
 Both work on ``nn.Sequential`` models built from standard layers; anything else is returned
 unchanged (dense compile), never rejected.
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .sparse_ops import BlockSparseLinear
+from .sparse_ops import BlockSparseConv2d, BlockSparseLinear, conv_qualifies
 
 __all__ = ["BLOCK_SHAPES", "block_density", "choose_block_shape", "shrink", "to_block_sparse"]
 
@@ -186,9 +188,12 @@ def choose_block_shape(weight: torch.Tensor | np.ndarray) -> tuple[int, int] | N
 
 
 def to_block_sparse(module: nn.Module, *, keep_head_dense: bool = True) -> nn.Module:
-    """Replace block-sparse ``nn.Linear`` layers (and a directly following ReLU) by the kernel op.
+    """Replace block-sparse ``nn.Linear`` / ``nn.Conv2d`` layers (and a directly following ReLU)
+    by the kernel ops.
 
-    The head (last Linear) stays dense by default: it is small and owned by one task.
+    A conv qualifies when it has groups 1 and integer zero padding (any stride / dilation) and its
+    weight, viewed as (O, C*kh*kw), is block-sparse; other convs stay dense. The head (last Linear)
+    stays dense by default: it is small and owned by one task.
     """
     layers = _flatten(module)
     if layers is None:
@@ -201,11 +206,16 @@ def to_block_sparse(module: nn.Module, *, keep_head_dense: bool = True) -> nn.Mo
         if skip_next:
             skip_next = False
             continue
-        shape = choose_block_shape(layer.weight) if isinstance(layer, nn.Linear) else None
-        if shape is None or i == head:
+        shape = None
+        if isinstance(layer, nn.Linear) and i != head:
+            shape = choose_block_shape(layer.weight)
+        elif isinstance(layer, nn.Conv2d) and conv_qualifies(layer):
+            shape = choose_block_shape(layer.weight.reshape(layer.weight.shape[0], -1))
+        if shape is None:
             out.append(copy.deepcopy(layer))
             continue
         relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-        out.append(BlockSparseLinear(layer, *shape, relu=relu))
+        kind = BlockSparseLinear if isinstance(layer, nn.Linear) else BlockSparseConv2d
+        out.append(kind(layer, *shape, relu=relu))
         skip_next = relu
     return nn.Sequential(*out).eval()

@@ -1,7 +1,8 @@
 """The TVM backend: torch.export -> Relax -> (MetaSchedule) -> build, per target.
 
 Transforms are applied to the torch module first (shrink, block-sparse marking, int8); the importer
-then maps ``taskpack::bsr_linear`` and ``taskpack::int8_linear`` nodes to a ``call_tir`` of the
+then maps ``taskpack::bsr_linear``, ``taskpack::bsr_conv2d`` (im2col + the BSR kernel) and
+``taskpack::int8_linear`` nodes to a ``call_tir`` of the
 hand-written TIR kernels with the BSR arrays / int8 weights baked in as constants. Dense ops go
 through Relax legalization and, when a tuning budget is given, MetaSchedule; a persistent database
 makes every later build of the same workloads fast.
@@ -27,16 +28,16 @@ from .errors import BuildFailed, TargetUnavailable
 from .hashing import compile_key
 from .int8_kernel import int8_linear_kernel, pack_int8
 from .int8_ops import INT8_OP_NAME
-from .kernels import bsr_linear_kernel, kernel_tiling, pack_bsr
+from .kernels import bsr_linear_kernel, im2col_kernel, kernel_tiling, pack_bsr
 from .numerics import check_numerics, fixed_inputs
 from .quantize import quantization_error, to_int8
-from .sparse_ops import OP_NAME
+from .sparse_ops import CONV_OP_NAME, OP_NAME
 from .targets import Target, cross_compiler_path
 from .transforms import shrink, to_block_sparse
 from .tuning import TuningDatabase
 from .tvm_model import TVMModel
 
-__all__ = ["TVMCompiler", "constant_bytes", "prepare_module", "to_tvm_target"]
+__all__ = ["TVMCompiler", "constant_bytes", "hand_kernels", "prepare_module", "to_tvm_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,49 @@ def _bsr_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
     return convert
 
 
+def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
+    """The importer hook for ``taskpack::bsr_conv2d``: im2col, the BSR kernel, back to NCHW.
+
+    The patches of the input become the columns of a (C*kh*kw, N*H_out*W_out) matrix (a TIR
+    im2col function); the BSR kernel multiplies the packed (O, C*kh*kw) weight by it, with bias
+    and ReLU fused, and writes its output straight in NCHW (as (N, O, H_out*W_out); the reshape
+    to (N, O, H_out, W_out) is free).
+    """
+
+    def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
+        relax = load().relax
+        bb = importer.block_builder
+        x = importer.env[node.args[0]]
+        weight_node, bias_node = node.args[1], node.args[2]
+        stride, padding, dilation = (tuple(int(v) for v in a) for a in node.args[3:6])
+        bh, bw, relu = node.args[6], node.args[7], node.args[8]
+        weight = _param(tensors, weight_node, "bsr_conv2d")
+        shape = tuple(int(d) for d in node.args[0].meta["val"].shape)
+        if len(shape) != 4:
+            raise BuildFailed(f"bsr_conv2d input must be 4-D (N, C, H, W), but got {shape}.")
+        out_shape = tuple(int(d) for d in node.meta["val"].shape)
+        n, o, ho, wo = out_shape
+        kernel = (int(weight.shape[2]), int(weight.shape[3]))
+        rows, k = n * ho * wo, int(np.prod(weight.shape[1:]))
+        bias = (
+            _param(tensors, bias_node, "bsr_conv2d")
+            if bias_node is not None
+            else np.zeros(o, dtype=np.float32)
+        )
+        packed = pack_bsr(weight.reshape(o, k), bh, bw, group=kernel_tiling(rows)[0])
+        im2col = bb.add_func(im2col_kernel(shape, kernel, stride, padding, dilation), "im2col")
+        cols = bb.emit(relax.call_tir(im2col, [x], relax.TensorType((k, rows), "float32")))
+        func = bsr_linear_kernel(rows, packed, relu, x_transposed=True, out_spatial=ho * wo)
+        gv = bb.add_func(func, "bsr_conv2d")
+        consts = (packed.data, packed.indices, packed.indptr, np.ones(o, dtype=np.float32),
+                  bias.astype(np.float32))
+        args = [cols] + [relax.const(a) for a in consts]
+        y = bb.emit(relax.call_tir(gv, args, relax.TensorType((n, o, ho * wo), "float32")))
+        return bb.emit(relax.op.reshape(y, (n, o, ho, wo)))
+
+    return convert
+
+
 def _int8_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
     """The importer hook for ``taskpack::int8_linear``: int8 constants into the int8 kernel."""
 
@@ -169,6 +213,19 @@ def constant_bytes(mod) -> dict[str, int]:  # noqa: ANN001 - an IRModule
     return sizes
 
 
+def hand_kernels(mod) -> list[str]:  # noqa: ANN001 - an IRModule
+    """Names of the hand-written TIR kernels in ``mod`` (``bsr_linear``, ``im2col``, ...), sorted.
+
+    TVM suffixes repeated names (``bsr_conv2d1``): one entry per kernel instance.
+    """
+    tir_func = load().tvm.tirx.PrimFunc
+    return sorted(
+        gv.name_hint for gv, func in mod.functions.items()
+        if isinstance(func, tir_func) and func.attrs is not None
+        and "tir.is_scheduled" in func.attrs and bool(func.attrs["tir.is_scheduled"])
+    )
+
+
 def import_relax(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201 - IRModule
     """torch.export the module and translate it to a Relax IRModule with weights as constants."""
     api = load()
@@ -185,6 +242,7 @@ def import_relax(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201
             unwrap_unit_return_tuple=True,
             custom_convert_map={
                 OP_NAME: _bsr_converter(tensors),
+                CONV_OP_NAME: _bsr_conv2d_converter(tensors),
                 INT8_OP_NAME: _int8_converter(tensors),
             },
         )
@@ -229,6 +287,7 @@ class TVMCompiler(Compiler):
         cross_compiler_path(target)  # fail early when an aarch64 target has no linker
         prepared = prepare_module(module, transforms)
         mod = import_relax(prepared, example_input)
+        kernels = hand_kernels(mod)
         db = TuningDatabase(cache_dir, target)
         start = time.perf_counter()
         tuned = 0
@@ -258,7 +317,8 @@ class TVMCompiler(Compiler):
             compiler_version=f"tvm-{api.version}",
             key=key,
             notes={"build_s": build_s, "workloads_tuned": tuned, "schedules": schedules,
-                   "tvm_target": str(tvm_target), "constant_bytes": constant_bytes(mod)},
+                   "tvm_target": str(tvm_target), "constant_bytes": constant_bytes(mod),
+                   "hand_kernels": kernels},
             executable=executable,
         )
         if self.check and target.kind != "aarch64":

@@ -74,6 +74,18 @@ def test_pack_bsr_is_exact_and_padded_to_group() -> None:
     assert not packed.data[1].any() and not packed.data[5].any()
 
 
+def test_to_block_sparse_rewrites_block_sparse_conv() -> None:
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[0].weight[:, :, 1:] = 0  # 4 filters x 9 taps: 4x1 blocks, 3 of 9 columns kept
+    sparse = to_block_sparse(model)
+    assert type(sparse[0]).__name__ == "BlockSparseConv2d"
+    assert (sparse[0].bh, sparse[0].bw) == (4, 1) and not sparse[0].relu  # BN comes first
+    assert type(to_block_sparse(tiny_cnn())[0]) is nn.Conv2d  # dense conv: left alone
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(sparse(x), model(x))
+
+
 def test_to_block_sparse_fuses_relu_and_keeps_head_dense() -> None:
     model = to_block_sparse(block_sparse_mlp())
     names = [type(m).__name__ for m in model]
@@ -96,6 +108,18 @@ def test_layer_realizability() -> None:
     )
     assert layer_realizability(LayerSpec("conv2d", 64, 64, 0.5, "channel"), cuda) == (
         "speed-realizable"
+    )
+    # conv blocks (weight viewed as (O, C*kh*kw)) run im2col + the BSR kernel on CPU targets
+    conv_blocky = LayerSpec("conv2d", 128, 64 * 9, sparsity=0.9, pattern="block(16,1)")
+    assert layer_realizability(conv_blocky, host) == "speed-realizable"
+    assert layer_realizability(conv_blocky, Target.aarch64()) == "speed-realizable"
+    assert layer_realizability(conv_blocky, cuda) == "storage-only"
+    assert layer_realizability(conv_blocky, host, transforms=("shrink",)) == "storage-only"
+    assert layer_realizability(LayerSpec("conv2d", 128, 576, 0.3, "block(16,1)"), host) == (
+        "storage-only"  # 70% of blocks kept: above MAX_BLOCK_DENSITY
+    )
+    assert layer_realizability(LayerSpec("conv2d", 128, 576, 0.9, "unstructured"), host) == (
+        "storage-only"
     )
     # a label follows the target's transforms: without block_sparse no kernel, with int8 the
     # linear layers stored at <= 8 bits read int8 weights
