@@ -18,9 +18,11 @@ which won for each workload.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from ._tvm import load
@@ -45,6 +47,25 @@ def _cost_model() -> str:
     except ImportError:
         return "random"
     return "xgb"
+
+
+@contextlib.contextmanager
+def _named_handlers() -> Iterator[None]:
+    """Detach unnamed handlers from MetaSchedule's logger while it (re)configures logging.
+
+    MetaSchedule's logging setup references every handler of its logger by name in a dictConfig;
+    a handler someone else attached without a name (pytest's log capture does) makes it fail
+    with "'NoneType' object has no attribute 'format'". They are put back afterwards.
+    """
+    lg = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in lg.handlers if h.get_name() is None]
+    for h in unnamed:
+        lg.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in unnamed:
+            lg.addHandler(h)
 
 
 def _is_scheduled(func) -> bool:  # noqa: ANN001
@@ -306,7 +327,7 @@ class TuningDatabase:
 
     def _tune_tasks(self, tasks, tvm_target, trials, seed, builder, runner) -> None:  # noqa: ANN001
         ms = load().ms
-        with tempfile.TemporaryDirectory(prefix="taskpack-ms-") as work_dir:
+        with tempfile.TemporaryDirectory(prefix="taskpack-ms-") as work_dir, _named_handlers():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 extracted_tasks=tasks, work_dir=work_dir, seed=seed, space=_space(ms),
                 strategy=_strategy(ms, trials),
