@@ -7,7 +7,8 @@ the selected point against the same task's subnetwork built by TVM tuned dense a
 Per task it prints: validation accuracy of the uncompressed task and of the selected point, test
 accuracy from the store, latency at batch 1 of the selected point's build (the target's
 transforms, tuned) vs TVM tuned dense and ONNX Runtime on the same weights as a dense matrix, the
-task's bytes in the store; then search wall time, trials per hour and the latency-cache hit rate.
+task's bytes in the store against the dense fp32 model; then search wall time, trials per hour, and
+the hit rates of the latency cache and of the tuning database.
 All latencies are measured in this run on this machine, one after another, same input.
 """
 
@@ -35,6 +36,11 @@ from pipeline.tracking import NoopTracker, build_tracker  # noqa: E402
 from search import make_search_compressor  # noqa: E402
 
 
+def dense_fp32_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the task's uncompressed subnetwork as the dense fp32 model a dense build runs."""
+    return sum(4 * p.numel() for p in module.parameters())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", type=Path, default=REPO / "recipes/pmnist-mlp2000-x86.yaml")
@@ -59,9 +65,9 @@ def main() -> int:
     print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads; batch 1")
     print("\n| task | val acc uncompressed | val acc selected | drop | test acc (store) | "
           "selected ms | TVM tuned dense ms | ORT dense ms | vs TVM dense | vs ORT | "
-          "task bytes in store |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    trials = wall = hits = 0.0
+          "task bytes in store | dense fp32 bytes / task bytes |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    trials = wall = hits = workloads = tuned = 0.0
     for rec in result.tasks:
         t, c = rec.index, rec.compression
         model.add_task(int(store.task_meta(t)["num_classes"]))
@@ -80,16 +86,21 @@ def main() -> int:
         print(f"| {t} | {ref:.2f} | {got:.2f} | {ref - got:+.2f} | {rec.acc_at_commit:.2f} | "
               f"{sel.median_ms:.4f} | {dense.median_ms:.4f} | {ort.median_ms:.4f} | "
               f"{dense.median_ms / sel.median_ms:.2f}x | {ort.median_ms / sel.median_ms:.2f}x | "
-              f"{report.tasks[t].bytes_total:,} |")
+              f"{report.tasks[t].bytes_total:,} | "
+              f"{dense_fp32_bytes(module) / report.tasks[t].bytes_total:.1f}x |")
         trials += c.get("search_trials", 0.0)
         wall += c.get("search_wall_s", 0.0)
         hits += c.get("search_cache_hits", 0.0)
+        workloads += c.get("search_tuning_workloads", 0.0)
+        tuned += c.get("search_tuning_tuned", 0.0)
     print(f"\nACC {result.acc:.2f}%  BWT {result.bwt:+.3f}  store {report.file_size:,} B "
           f"({report.ratio_to_dense_fp32:.4f} x dense fp32)  "
           f"run wall {result.wall_s / 60:.1f} min")
     print(f"search: {trials:.0f} trials in {wall / 60:.1f} min "
           f"({3600 * trials / max(wall, 1e-9):.0f} trials/hour), latency-cache hit rate "
-          f"{hits / max(trials, 1):.0%}")
+          f"{hits / max(trials, 1):.0%}, tuning-database hit rate "
+          f"{1 - tuned / max(workloads, 1):.0%} ({tuned:.0f} of {workloads:.0f} dense workloads "
+          f"of fresh builds had to be tuned)")
     return 0
 
 

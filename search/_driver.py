@@ -67,7 +67,7 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
     study = open_study(study_name, open_storage(cfg.storage, journal),
                        make_sampler(cfg.sampler, cfg.seed), list(cfg.objectives), worker)
     done0 = finished(study)
-    ran = failures = hits = 0
+    ran = failures = hits = workloads = workloads_tuned = 0
     compile_s = 0.0
     with bars.bar(f"task {problem.ctx.task} search", cfg.trials) as bar:
         bars.advance(bar, done0)
@@ -96,6 +96,9 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
                 continue
             compile_s += res.latency.seconds
             hits += int(res.latency.cached)
+            if not res.latency.cached:
+                workloads += res.latency.workloads
+                workloads_tuned += res.latency.workloads_tuned
             values = {"accuracy": res.accuracy, "latency": res.latency.median_ms,
                       "bytes": float(res.nbytes)}
             cons = _constraints(cfg, res, problem.reference_accuracy)
@@ -144,6 +147,9 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
     stats = {"search_trials": float(finished(study)), "search_failures": float(failures),
              "search_front_size": float(len(front)), "search_wall_s": wall,
              "search_compile_s": compile_s, "search_cache_hits": float(hits),
+             # tuning database: workloads of fresh builds, and how many had to be tuned
+             "search_tuning_workloads": float(workloads),
+             "search_tuning_tuned": float(workloads_tuned),
              "search_chosen_trial": float(chosen.number),
              "search_chosen_val_acc": chosen.accuracy,
              "search_chosen_latency_ms": _score(study, chosen.number, "latency"),

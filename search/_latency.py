@@ -45,8 +45,11 @@ def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
         compiled = compiler.compile(module, example, target, transforms=transforms,
                                     tune_trials=target_cfg.tune_trials, cache_dir=cache_dir)
         m = measure(compiled, example)
+        notes = compiled.notes or {}
         result = Latency(m.median_ms, m.p90_ms, tuned=m.tuned,
-                         seconds=time.perf_counter() - start)
+                         seconds=time.perf_counter() - start,
+                         workloads=len(notes.get("schedules", {})),
+                         workloads_tuned=int(notes.get("workloads_tuned", 0)))
         cache[key] = asdict(result)
         atomic_write(table, lambda f: f.write(json.dumps(cache).encode()))
         return result

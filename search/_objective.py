@@ -36,6 +36,8 @@ class Latency:
     tuned: bool = False
     cached: bool = False
     seconds: float = 0.0  # compile + tune + measure time charged to the budget
+    workloads: int = 0  # dense workloads in the build that take a tuned schedule
+    workloads_tuned: int = 0  # of those, how many were not in the tuning database yet
 
 
 LatencyFn = Callable[[nn.Module, torch.Tensor], Latency]

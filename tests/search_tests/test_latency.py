@@ -1,0 +1,40 @@
+"""The search's latency function on real TVM builds: structure cache and tuning-database stats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.recipe._schema import TargetConfig
+from search._latency import compiled_latency
+
+pytestmark = pytest.mark.tvm
+
+
+def _mlp(seed: int, zero: slice) -> nn.Sequential:
+    """16-32-4 with the hidden units in ``zero`` switched off (shrink removes them)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    with torch.no_grad():
+        model[0].weight[zero] = 0
+        model[0].bias[zero] = 0
+    return model
+
+
+def test_latency_is_cached_by_structure_and_counts_tuning_hits(tmp_path: Path) -> None:
+    target = TargetConfig(name="host", backend="tvm", tune_trials=1, transforms=["shrink"])
+    latency = compiled_latency(target, tmp_path)
+    x = torch.randn(1, 16)
+    first = latency(_mlp(0, slice(0, 8)), x)
+    assert not first.cached and first.tuned and first.median_ms > 0
+    assert first.workloads == 2 and first.workloads_tuned == 2  # 16->24 and 24->4, both new
+    # other weights, same structure: the latency comes from the cache, nothing is compiled
+    again = latency(_mlp(1, slice(0, 8)), x)
+    assert again.cached and again.median_ms == first.median_ms and again.seconds == 0.0
+    # another structure with the same shapes after shrink, in a fresh latency function (as after
+    # a restart): compiled and measured, but both workloads come from the tuning database
+    other = compiled_latency(target, tmp_path)(_mlp(2, slice(24, 32)), x)
+    assert not other.cached and other.workloads == 2 and other.workloads_tuned == 0
