@@ -10,6 +10,8 @@ this run; the roofline bound uses memory bandwidth and matmul throughput measure
 
     python benchmarks/latency.py            # full (MetaSchedule budget --trials per workload)
     python benchmarks/latency.py --quick    # small MLP, few trials
+    python benchmarks/latency.py --store mlruns/runs/NAME/store.tpk [--tasks 0 3]
+                                            # every (or the given) task of a packed store
 
 ``benchmark_module(module, example_input, ...)`` is the hook for measuring any nn.Module (e.g. a
 task loaded from a store).
@@ -207,23 +209,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-dir", type=Path, default=Path("mlruns/tvm-cache"))
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store", type=Path, help="measure the tasks of this packed store instead "
+                   "(architecture from the recipe.yaml beside it, or --recipe)")
+    p.add_argument("--recipe", type=Path)
+    p.add_argument("--tasks", type=int, nargs="+", help="with --store: these tasks (default all)")
     args = p.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     sizes = (784, 256, 256, 10) if args.quick else (784, 2000, 2000, 10)
     trials = 4 if args.quick else args.trials
     batches = [1] if args.quick else args.batches
-    model = synthetic_mlp(sizes, density=0.1, dead=0.1, seed=args.seed)
+    if args.store is not None:
+        from pipeline.export import store_task_modules
+
+        _, input_shape, modules = store_task_modules(args.store, args.tasks, args.recipe)
+        what = f"store {args.store}, tasks {list(modules)}"
+    else:
+        input_shape = (sizes[0],)
+        modules = {None: synthetic_mlp(sizes, density=0.1, dead=0.1, seed=args.seed)}
+        what = (f"MLP {'-'.join(map(str, sizes))}, 16x1 blocks, 90% of blocks pruned, "
+                "10% dead units")
     bw, peak = measured_bandwidth_gbs(), measured_peak_gflops()
     from compilers.targets import device_fingerprint
 
     print(f"device: {device_fingerprint()}; measured copy bandwidth {bw:.1f} GB/s, "
-          f"torch matmul peak {peak:.1f} GFLOP/s; MLP {'-'.join(map(str, sizes))}, "
-          f"16x1 blocks, 90% of blocks pruned, 10% dead units; trials/workload={trials}")
-    for batch in batches:
-        x = torch.randn(batch, sizes[0], generator=torch.Generator().manual_seed(1))
-        rows = benchmark_module(model, x, tune_trials=trials, cache_dir=args.cache_dir,
-                                bandwidth_gbs=bw, peak_gflops=peak)
-        print_table(f"batch {batch}", rows)
+          f"torch matmul peak {peak:.1f} GFLOP/s; {what}; trials/workload={trials}")
+    for task, model in modules.items():
+        for batch in batches:
+            x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(1))
+            rows = benchmark_module(model, x, tune_trials=trials, cache_dir=args.cache_dir,
+                                    bandwidth_gbs=bw, peak_gflops=peak)
+            print_table(f"batch {batch}" if task is None else f"task {task}, batch {batch}",
+                        rows)
 
 
 if __name__ == "__main__":

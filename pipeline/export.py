@@ -36,10 +36,13 @@ def resolve_target(recipe: Recipe, name: str) -> TargetConfig:
                      f"{[t.name for t in recipe.targets]} nor one of {sorted(BUILTIN_TARGETS)}")
 
 
-def export_tasks(store_path: Path, tasks: list[int] | None, target_name: str,
-                 recipe_path: Path | None, out: Path) -> list[Path]:
-    from compilers import CompilerError, export_bundle
+def store_task_modules(store_path: Path, tasks: list[int] | None = None,
+                       recipe_path: Path | None = None):  # noqa: ANN201
+    """(recipe, input shape, {task: nn.Module}) for committed tasks of a store.
 
+    The architecture comes from the recipe beside the store (``recipe.yaml``) unless
+    ``recipe_path`` says otherwise; each module is the task's subnetwork rebuilt from the file.
+    """
     recipe_path = recipe_path or store_path.parent / "recipe.yaml"
     if not recipe_path.is_file():
         raise InputError(f"{recipe_path}: no recipe beside the store; pass --recipe")
@@ -53,16 +56,24 @@ def export_tasks(store_path: Path, tasks: list[int] | None, target_name: str,
         if t < store.num_tasks:
             model.add_task(int(store.task_meta(t).get("num_classes") or
                                stream.task_info(t)[1]))
+    # StoreError (exit 2) for a task id that does not exist
+    modules = {t: task_module(model, committed_snapshot(store, t), t) for t in wanted}
+    return recipe, tuple(stream.input_shape), modules
+
+
+def export_tasks(store_path: Path, tasks: list[int] | None, target_name: str,
+                 recipe_path: Path | None, out: Path) -> list[Path]:
+    from compilers import CompilerError, export_bundle
+
+    recipe, input_shape, modules = store_task_modules(store_path, tasks, recipe_path)
     target_cfg = resolve_target(recipe, target_name)
     if target_cfg.backend != "tvm":
         raise InputError(f"target {target_name!r} uses backend {target_cfg.backend!r}; "
                          "bundles are compiled with tvm")
     store_hash = hashlib.sha256(store_path.read_bytes()).hexdigest()[:16]
-    example = torch.randn(1, *stream.input_shape, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0))
     folders = []
-    for t in wanted:
-        # StoreError (exit 2) for a task id that does not exist
-        module = task_module(model, committed_snapshot(store, t), t)
+    for t, module in modules.items():
         try:
             folders.append(export_bundle(
                 module, example, to_target(target_cfg), out, task=t, store_hash=store_hash,
