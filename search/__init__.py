@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from search._objective import Latency, LatencyFn, TaskProblem, TrialResult
 from search._select import Point, pareto_front, select
-from search._space import LayerSpace, resolve_space, suggest_plans
+from search._space import LayerSpace, previous_plan, resolve_space, suggest_plans
 from search._worker import publish_task, retract_task, run_worker
 
 if TYPE_CHECKING:
@@ -73,10 +73,11 @@ def make_search_compressor(recipe, latency_fn: LatencyFn | None = None,
             quant_fallback=tuple(narrow) or (8,),
             labels_fn=realizability_labels(target_cfg, s.model.layer_shapes()))
         folder = s.run_dir / "search"
-        if not worker:
-            publish_task(s, t, masks, run)  # workers (taskpack search --worker) start from this
+        # workers (taskpack search --worker) start from the published task
         outcome = search_task(problem, cfg, space, run, folder / f"task-{t}.journal",
-                              f"{recipe.name}-task-{t}", folder / f"task-{t}", bars, worker)
+                              f"{recipe.name}-task-{t}", folder / f"task-{t}", bars, worker,
+                              warm=previous_plan(folder, t, space) if cfg.warm_start else None,
+                              on_ready=None if worker else lambda: publish_task(s, t, masks, run))
         if worker:
             return {}, outcome.stats
         retract_task(s, t)

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from search._objective import TaskProblem, TrialResult
 from search._pareto import write_front
 from search._select import Point, pareto_front, select
 from search._space import LayerSpace, suggest_plans
-from search._study import finished, make_sampler, open_storage, open_study
+from search._study import enqueue_first, finished, make_sampler, open_storage, open_study
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,22 @@ def _constraints(cfg: SearchConfig, res: TrialResult, reference: float) -> dict[
 
 def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerSpace],
                 run: Run, journal: Path, study_name: str, artifacts: Path,
-                bars: Bars = QUIET, worker: bool = False) -> SearchOutcome:
+                bars: Bars = QUIET, worker: bool = False, warm: dict | None = None,
+                on_ready: Callable[[], None] | None = None) -> SearchOutcome:
+    """Search one task's plan. ``warm``: parameters of the study's first trial (the previous
+    task's chosen plan); ``on_ready``: called once the study is open and seeded (the owner
+    publishes the task to workers there, so their first trial cannot pre-empt the warm start)."""
     from optuna.trial import TrialState
 
     start = time.perf_counter()
     study = open_study(study_name, open_storage(cfg.storage, journal),
-                       make_sampler(cfg.sampler, cfg.seed), list(cfg.objectives), worker)
+                       # seeded per task: tasks do not all ask the same sequence of plans
+                       make_sampler(cfg.sampler, cfg.seed + problem.ctx.task),
+                       list(cfg.objectives), worker)
+    if warm and not worker and enqueue_first(study, warm):
+        log.info("task %d: first trial = the previous task's chosen plan", problem.ctx.task)
+    if on_ready is not None:
+        on_ready()
     done0 = finished(study)
     ran = failures = hits = workloads = workloads_tuned = 0
     compile_s = 0.0

@@ -7,8 +7,10 @@ be compared per layer in MLflow and Optuna.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.errors import RecipeError
 from pipeline.recipe import LayerPlan
@@ -53,3 +55,14 @@ def suggest_plans(trial, space: dict[str, LayerSpace]) -> dict[str, LayerPlan]:
             f"{name}.bits", list(s.bits))
         plans[name] = LayerPlan(sparsity=round(sparsity, 6), pattern=pattern, bits=bits)
     return plans
+
+
+def previous_plan(folder: Path, task: int, space: dict[str, LayerSpace]) -> dict | None:
+    """Task ``task - 1``'s chosen trial parameters (its ``chosen.json``), restricted to the
+    parameters ``space`` asks for; None for the first task or when there is none."""
+    path = folder / f"task-{task - 1}" / "chosen.json"
+    if task == 0 or not path.is_file():
+        return None
+    params = json.loads(path.read_text()).get("params", {})
+    asked = {f"{n}.{k}" for n in space for k in ("sparsity", "pattern", "bits")}
+    return {k: v for k, v in params.items() if k in asked} or None

@@ -86,7 +86,8 @@ def open_storage(url: str | None, default_journal: Path) -> Any:
 
 def open_study(name: str, storage, sampler, objectives: list[str], worker: bool = False):
     """Create or load the study; in single-process mode, trials left RUNNING by a kill are
-    marked FAIL (they will not be repeated, and no finished trial is lost)."""
+    marked FAIL (they will not be repeated, and no finished trial is lost); an interrupted
+    enqueued trial is enqueued again, so the resumed study asks what it would have."""
     import optuna
     from optuna.trial import TrialState
 
@@ -99,7 +100,19 @@ def open_study(name: str, storage, sampler, objectives: list[str], worker: bool 
             study._storage.set_trial_user_attr(t._trial_id, "failure_reason", INTERRUPTED)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             log.info("trial %d was interrupted; marked FAIL", t.number)
+            if "fixed_params" in t.system_attrs:  # an enqueued trial (warm start): ask it again
+                study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs={
+                    k: v for k, v in t.user_attrs.items() if k == "warm_start"})
     return study
+
+
+def enqueue_first(study, params: dict[str, Any]) -> bool:
+    """Make ``params`` the study's first trial; only into a study with no trials yet, so a resumed
+    study (or one other workers already started) asks exactly what it asked before."""
+    if study.get_trials(deepcopy=False):
+        return False
+    study.enqueue_trial(params, user_attrs={"warm_start": True})
+    return True
 
 
 def _interrupted(trial) -> bool:

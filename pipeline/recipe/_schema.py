@@ -257,7 +257,7 @@ class SearchConfig(_Section):
     trials: int = Field(default=16, ge=1)
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
-    seed: int = 0
+    seed: int = Field(default=0, description="task t's sampler is seeded with seed + t")
     storage: str | None = Field(default=None,
                                 description="None: a journal file under the run folder; or an "
                                             "RDB URL shared by several workers")
@@ -267,6 +267,8 @@ class SearchConfig(_Section):
     constraints: SearchConstraints = SearchConstraints()
     selection: SelectionConfig = SelectionConfig()
     finetune_epochs: int = Field(default=0, ge=0, description="own-weight fine-tune per trial")
+    warm_start: bool = Field(default=True,
+                             description="task t's first trial is task t-1's chosen plan")
     latency_batch: int = Field(default=1, ge=1)
     target: str | None = Field(default=None, description="target name; None = the first")
 

@@ -68,6 +68,14 @@ def test_pareto_fronts_are_in_mlflow(tmp_path: Path) -> None:
         files = {a.path for a in client.list_artifacts(task_run.info.run_id, "pareto")}
         assert files == {"pareto/pareto.csv", "pareto/pareto.png", "pareto/pareto.html",
                          "pareto/chosen.json"}
+    # warm start: task 1's first trial is the plan task 0 committed
+    by_name = {r.info.run_name: r for r in tasks}
+    trials_1 = client.search_runs([exp], f"tags.mlflow.parentRunId = "
+                                  f"'{by_name['task-1'].info.run_id}'")
+    chosen_0 = client.search_runs([exp], f"tags.mlflow.parentRunId = "
+                                  f"'{by_name['task-0'].info.run_id}' and tags.chosen = 'true'")
+    first_1 = next(r for r in trials_1 if r.info.run_name == "trial-0")
+    assert first_1.data.params == chosen_0[0].data.params
 
 
 def _cli(out: Path) -> subprocess.Popen:

@@ -11,7 +11,8 @@ from pipeline.errors import RecipeError
 from pipeline.recipe import LayerPlan
 from pipeline.recipe._schema import SearchSpaceRule
 from search import Point, pareto_front, resolve_space, select, suggest_plans
-from search._study import finished, make_sampler, open_storage, open_study
+from search._space import previous_plan
+from search._study import enqueue_first, finished, make_sampler, open_storage, open_study
 
 PTS = [Point(0, 98.0, 1.0, 100), Point(1, 97.0, 0.5, 100), Point(2, 96.0, 0.5, 100),
        Point(3, 97.5, 0.7, 50), Point(4, 99.0, 2.0, 200, feasible=False)]
@@ -85,3 +86,44 @@ def test_resumed_study_asks_what_an_uninterrupted_one_would(tmp_path: Path, kind
     done = [p for t, p in zip(resumed.get_trials(), params_of(resumed), strict=True)
             if t.state == optuna.trial.TrialState.COMPLETE]
     assert done == params_of(straight)  # every trial as in the uninterrupted study
+
+
+def test_warm_start_is_the_first_trial_and_survives_an_interruption(tmp_path: Path) -> None:
+    warm = {"x": 0.3, "c": "c"}
+
+    def study(name: str) -> optuna.Study:
+        return open_study("s", open_storage(None, tmp_path / name), make_sampler("nsga2", 7),
+                          ["accuracy", "latency"])
+
+    straight = study("a.journal")
+    assert enqueue_first(straight, warm)
+    straight.optimize(_objective, n_trials=6)
+    assert straight.trials[0].params == warm and straight.trials[0].user_attrs["warm_start"]
+    assert not enqueue_first(straight, {"x": 0.9, "c": "a"})  # a started study is left alone
+
+    killed = study("b.journal")
+    enqueue_first(killed, warm)
+    dangling = killed.ask()  # the warm trial, left RUNNING as after a SIGKILL
+    assert dangling.suggest_float("x", 0, 1, step=0.1) == warm["x"]
+    resumed = study("b.journal")
+    assert not enqueue_first(resumed, warm)
+    resumed.optimize(_objective, n_trials=6)
+    done = [t.params for t in resumed.get_trials()
+            if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done == [t.params for t in straight.get_trials()]
+
+
+def test_previous_plan_reads_the_previous_tasks_choice(tmp_path: Path) -> None:
+    import json
+
+    space = resolve_space([SearchSpaceRule(match=".*", patterns=["unstructured", "block(4,1)"],
+                                           bits=[4, 8])], ["fc1", "fc2"])
+    assert previous_plan(tmp_path, 0, space) is None
+    assert previous_plan(tmp_path, 1, space) is None  # task 0 has not chosen yet
+    (tmp_path / "task-0").mkdir()
+    params = {"fc1.sparsity": 0.6, "fc1.pattern": "block(4,1)", "fc1.bits": 4,
+              "fc2.sparsity": 0.5, "fc2.pattern": "unstructured", "fc2.bits": 8,
+              "gone.sparsity": 0.9}
+    (tmp_path / "task-0" / "chosen.json").write_text(json.dumps({"trial": 3, "params": params}))
+    assert previous_plan(tmp_path, 1, space) == {k: v for k, v in params.items()
+                                                 if not k.startswith("gone")}
