@@ -28,6 +28,7 @@ class LayerSpec:
     sparsity: float
     pattern: str  # "unstructured" | "n:m" | "block(h,w)" | "channel"
     bits: int = 32
+    groups: int = 1  # conv2d: the block-sparse conv kernel runs groups 1 only
 
 
 def _block(pattern: str) -> tuple[int, int] | None:
@@ -55,6 +56,7 @@ def layer_realizability(spec: LayerSpec, target: Target,
         "block_sparse" in transforms
         and block in BLOCK_SHAPES
         and spec.kind in ("linear", "conv2d")
+        and spec.groups == 1
         and cpu
         and 1 - spec.sparsity <= MAX_BLOCK_DENSITY
         and spec.out_features % block[0] == 0

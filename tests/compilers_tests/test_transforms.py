@@ -115,6 +115,8 @@ def test_layer_realizability() -> None:
     assert layer_realizability(conv_blocky, Target.aarch64()) == "speed-realizable"
     assert layer_realizability(conv_blocky, cuda) == "storage-only"
     assert layer_realizability(conv_blocky, host, transforms=("shrink",)) == "storage-only"
+    grouped = LayerSpec("conv2d", 128, 64 * 9, 0.9, "block(16,1)", groups=2)
+    assert layer_realizability(grouped, host) == "storage-only"  # the conv kernel is groups 1
     assert layer_realizability(LayerSpec("conv2d", 128, 576, 0.3, "block(16,1)"), host) == (
         "storage-only"  # 70% of blocks kept: above MAX_BLOCK_DENSITY
     )
