@@ -165,7 +165,7 @@ def benchmark_module(
         ("TVM tuned + block-sparse", ("block_sparse",), tune_trials, to_block_sparse(module),
          True),
         ("TVM tuned + shrink + block-sparse", ("shrink", "block_sparse"), tune_trials,
-         to_block_sparse(shrunk), True),
+         to_block_sparse(shrink(module, keep_blocks=True)), True),
         # int8 rows: every linear runs a hand-scheduled kernel, so there is nothing to tune.
         ("TVM + int8 weights", ("int8",), tune_trials, to_int8(module), False),
         ("TVM + block-sparse + int8", ("block_sparse", "int8"), tune_trials,

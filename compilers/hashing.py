@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .targets import Target
+from .transforms import TRANSFORMS_VERSION
 
 __all__ = ["compile_key", "structure_key"]
 
@@ -38,6 +39,7 @@ def _digest(
         "input": [list(example_input.shape), str(example_input.dtype)],
         "target": target.to_dict(),
         "transforms": list(transforms),
+        "transforms_version": TRANSFORMS_VERSION,  # a cached build/timing of older transforms
         **extra,
     }
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())

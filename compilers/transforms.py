@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 BLOCK_SHAPES: tuple[tuple[int, int], ...] = ((16, 1), (8, 1), (4, 4), (4, 1))
 # A block-sparse layer pays off when at most this fraction of its blocks is kept.
 MAX_BLOCK_DENSITY = 0.5
+# Bumped when a transform changes what it builds, so compile and latency caches keyed by
+# compilers.hashing do not serve results of the old transform (2: block-aware shrink).
+TRANSFORMS_VERSION = 2
 
 _PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
 
@@ -111,12 +114,19 @@ def _slice_consumer(layer: nn.Module, keep: torch.Tensor, spatial: int) -> nn.Mo
     return new
 
 
-def shrink(module: nn.Module) -> nn.Module:
+def shrink(module: nn.Module, *, keep_blocks: bool = False) -> nn.Module:
     """Remove output units that are zero for every input, with their consumers' inputs.
 
     A unit is removable when its weight row (filter) and bias are all zero and every layer up to
     the next Linear/Conv2d maps a zero channel to zero (ReLU, Dropout, pooling, a BatchNorm whose
     zero-input output is 0, Flatten). The head (last Linear) keeps its outputs.
+
+    ``keep_blocks`` (used when ``to_block_sparse`` runs next): removing rows of a block-sparse
+    layer shifts its block grid (and leaves shapes like 397 that no block divides), which turned
+    fast block-sparse layers dense. Such a layer keeps its shape instead: its dead units are
+    already empty blocks, and the consumer's inputs from them are zeroed rather than removed
+    (the same output, since those inputs are exactly 0), so the consumer's blocks get sparser.
+    The same holds when the consumer's own block grid is more than one column wide.
     """
     layers = _flatten(module)
     if layers is None:
@@ -153,6 +163,10 @@ def shrink(module: nn.Module) -> nn.Module:
             spatial = consumer.in_features // n_out
         elif isinstance(consumer, nn.Linear) and consumer.in_features != n_out:
             continue
+        if keep_blocks and (_block_shape(layer) is not None
+                            or (_block_shape(consumer) or (1, 1))[1] > 1):
+            layers[j] = _zero_consumer_inputs(consumer, zero, spatial)
+            continue
         keep = torch.nonzero(~zero).reshape(-1)
         layers[i] = _slice_producer(layer, keep)
         for k in range(i + 1, j):
@@ -162,6 +176,26 @@ def shrink(module: nn.Module) -> nn.Module:
         removed += int(zero.sum())
     logger.debug("shrink removed %d units", removed)
     return nn.Sequential(*layers).eval()
+
+
+def _block_shape(layer: nn.Module) -> tuple[int, int] | None:
+    """The block shape ``to_block_sparse`` would give ``layer`` (heads aside), else None."""
+    if isinstance(layer, nn.Linear):
+        return choose_block_shape(layer.weight)
+    if isinstance(layer, nn.Conv2d) and conv_qualifies(layer):
+        return choose_block_shape(layer.weight.reshape(layer.weight.shape[0], -1))
+    return None
+
+
+def _zero_consumer_inputs(layer: nn.Module, zero: torch.Tensor, spatial: int) -> nn.Module:
+    """``layer`` with the weights reading the units in ``zero`` set to 0 (shapes unchanged)."""
+    new = copy.deepcopy(layer)
+    with torch.no_grad():
+        if isinstance(new, nn.Linear):
+            new.weight[:, zero.repeat_interleave(spatial)] = 0
+        else:
+            new.weight[:, zero] = 0
+    return new
 
 
 def block_density(weight: np.ndarray, bh: int, bw: int) -> float:

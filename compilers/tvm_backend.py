@@ -73,7 +73,7 @@ def prepare_module(module: nn.Module, transforms: Sequence[str]) -> nn.Module:
     """Apply the torch-level transforms (shared by compile and ONNX export)."""
     model = copy.deepcopy(module).eval()
     if "shrink" in transforms:
-        model = shrink(model)
+        model = shrink(model, keep_blocks="block_sparse" in transforms)
     if "block_sparse" in transforms:
         model = to_block_sparse(model)
     if "int8" in transforms:

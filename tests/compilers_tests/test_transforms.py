@@ -52,6 +52,36 @@ def test_shrink_through_conv_bn_pool_flatten() -> None:
     assert torch.allclose(small(x), model(x), atol=1e-5)
 
 
+def test_shrink_keeps_the_block_grid_of_block_sparse_layers() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 10)).eval()
+    with torch.no_grad():
+        blocks = torch.rand(4, 32) < 0.25  # 16x1 blocks, a quarter kept
+        model[0].weight.mul_(blocks.repeat_interleave(16, dim=0))
+        model[0].weight[5] = 0  # a dead unit inside a kept block: rows 0-15 would shift
+        model[0].bias[5] = 0
+        model[2].weight.mul_((torch.rand(4, 64) < 0.25).repeat_interleave(16, dim=0))
+    assert choose_block_shape(model[0].weight) == (16, 1)
+    plain = shrink(model)
+    assert plain[0].out_features == 63  # no block divides 63: the layer would compile dense
+    assert choose_block_shape(plain[0].weight) is None
+    kept = shrink(model, keep_blocks=True)
+    assert kept[0].out_features == 64 and choose_block_shape(kept[0].weight) == (16, 1)
+    assert torch.equal(kept[0].weight, model[0].weight)
+    assert not kept[2].weight[:, 5].any()  # the dead unit's inputs are zeroed instead
+    assert torch.equal(kept[2].weight[:, [i for i in range(64) if i != 5]],
+                       model[2].weight[:, [i for i in range(64) if i != 5]])
+    x = torch.randn(7, 32)
+    assert torch.equal(kept(x), model(x))
+    # a dense producer (no block grid) still loses its dead units
+    dense = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        dense[0].weight[1] = 0
+        dense[0].bias[1] = 0
+    assert shrink(dense, keep_blocks=True)[0].out_features == 3
+
+
 def test_choose_block_shape_prefers_tall_blocks() -> None:
     w = np.zeros((32, 8), np.float32)
     w[0:16, 3] = 1.0  # one 16x1 block
