@@ -9,13 +9,15 @@ accuracy from the store, latency at batch 1 of the selected point's build (the t
 transforms, tuned) vs TVM tuned dense and ONNX Runtime on the same weights as a dense matrix, the
 task's bytes in the store against the dense fp32 model; then search wall time, trials per hour, and
 the hit rates of the latency cache and of the tuning database.
-All latencies are measured in this run on this machine, one after another, same input.
+All latencies are measured in this run on this machine, same input: the three builds of a task
+are measured in turn, three rounds, and each reports the median of its three medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.latency import _onnx_row  # noqa: E402
+from benchmarks.latency import onnx_model  # noqa: E402
 from compilers import get_compiler, measure  # noqa: E402
 from pipeline.progress import Bars  # noqa: E402
 from pipeline.recipe import load_recipe  # noqa: E402
@@ -34,6 +36,18 @@ from pipeline.subnet import task_module  # noqa: E402
 from pipeline.targets import find_target, to_target  # noqa: E402
 from pipeline.tracking import NoopTracker, build_tracker  # noqa: E402
 from search import make_search_compressor  # noqa: E402
+
+ROUNDS = 3  # interleaved measurement rounds per task
+
+
+def interleaved_ms(models: list, example: torch.Tensor, rounds: int = ROUNDS) -> list[float]:
+    """Per model, the median over ``rounds`` of its measured median (ms); the models are measured
+    in turn, round after round, so a slow phase of the machine hits all of them alike."""
+    per_model: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for i, m in enumerate(models):
+            per_model[i].append(measure(m, example).median_ms)
+    return [statistics.median(v) for v in per_model]
 
 
 def dense_fp32_bytes(module: torch.nn.Module) -> int:
@@ -62,7 +76,8 @@ def main() -> int:
     print(f"# {recipe.name}: {len(result.tasks)} tasks, {recipe.search.trials} trials/task, "
           f"sampler {recipe.search.sampler}, target {target_cfg.name} "
           f"(tune_trials {target_cfg.tune_trials}, transforms {target_cfg.transforms})")
-    print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads; batch 1")
+    print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads; batch 1; "
+          f"latencies: median of {ROUNDS} interleaved measurements")
     print("\n| task | val acc uncompressed | val acc selected | drop | test acc (store) | "
           "selected ms | TVM tuned dense ms | ORT dense ms | vs TVM dense | vs ORT | "
           "task bytes in store | dense fp32 bytes / task bytes |")
@@ -75,17 +90,17 @@ def main() -> int:
         if example is None:
             shape = (1, *prepare(recipe).stream.input_shape)
             example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        sel = measure(tvm.compile(module, example, target, transforms=target_cfg.transforms,
-                                  tune_trials=target_cfg.tune_trials, cache_dir=cache), example)
-        dense = measure(tvm.compile(module, example, target, transforms=(),
-                                    tune_trials=target_cfg.tune_trials, cache_dir=cache),
-                        example)
-        ort = _onnx_row(module, example)
+        sel, dense, ort = interleaved_ms([
+            tvm.compile(module, example, target, transforms=target_cfg.transforms,
+                        tune_trials=target_cfg.tune_trials, cache_dir=cache),
+            tvm.compile(module, example, target, transforms=(),
+                        tune_trials=target_cfg.tune_trials, cache_dir=cache),
+            onnx_model(module, example)], example)
         ref, got = c.get("search_reference_val_acc", float("nan")), c.get(
             "search_chosen_val_acc", float("nan"))
         print(f"| {t} | {ref:.2f} | {got:.2f} | {ref - got:+.2f} | {rec.acc_at_commit:.2f} | "
-              f"{sel.median_ms:.4f} | {dense.median_ms:.4f} | {ort.median_ms:.4f} | "
-              f"{dense.median_ms / sel.median_ms:.2f}x | {ort.median_ms / sel.median_ms:.2f}x | "
+              f"{sel:.4f} | {dense:.4f} | {ort:.4f} | "
+              f"{dense / sel:.2f}x | {ort / sel:.2f}x | "
               f"{report.tasks[t].bytes_total:,} | "
               f"{dense_fp32_bytes(module) / report.tasks[t].bytes_total:.1f}x |")
         trials += c.get("search_trials", 0.0)
