@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from pipeline.data import Split, Stream, Task, build_stream
-from pipeline.errors import InputError
+from pipeline.errors import InputError, RecipeError
 from pipeline.evaluation import AccuracyMatrix, evaluate_live, evaluate_snapshot
 from pipeline.methods import ContinualMethod, TaskMasks, build_method
 from pipeline.models import ContinualNet, build_model, model_fingerprint
 from pipeline.progress import QUIET, Bars
-from pipeline.recipe import Recipe, flatten, recipe_to_dict, recipe_to_yaml
+from pipeline.recipe import Recipe, flatten, load_recipe, recipe_to_dict, recipe_to_yaml
 from pipeline.report import write_artifacts
 from pipeline.stages import commit_task, compress_task, task_tensors
 from pipeline.state import load_state, save_state
@@ -102,6 +102,17 @@ def run_dir_for(recipe: Recipe) -> Path:
     return recipe.output_dir / recipe.name
 
 
+def same_recipe(saved: Path, recipe: Recipe) -> bool:
+    """Whether the recipe a run folder saved is ``recipe``. Compared after reading the saved file
+    through today's schema, so a field added since (at its default) does not orphan the run; a
+    field since removed or renamed makes it a different recipe."""
+    try:
+        old = load_recipe(saved)
+    except RecipeError:
+        return False
+    return recipe_to_dict(old) == recipe_to_dict(recipe)
+
+
 def prepare(recipe: Recipe, fresh: bool = False) -> _Session:
     """Build stream, model, method and store; seeded so two runs of one recipe are identical."""
     if recipe.train.threads:
@@ -120,7 +131,7 @@ def prepare(recipe: Recipe, fresh: bool = False) -> _Session:
         store_path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = run_dir / "recipe.yaml"
-    if store_path.exists() and previous.exists() and previous.read_text() != resolved:
+    if store_path.exists() and previous.exists() and not same_recipe(previous, recipe):
         raise InputError(f"{run_dir} holds a run of a different recipe; re-run with --fresh to "
                          "start over, or set output_dir / name to keep both")
     fingerprint = model_fingerprint(recipe.model, stream.input_shape)

@@ -132,3 +132,20 @@ def test_rule_matching_no_layer_is_an_error() -> None:
     with pytest.raises(RecipeError,
                        match=r"compression.rules\[0\].match: 'conv9' matches no layer"):
         plan_for_layers(cfg, ["backbone.1"])
+
+
+def test_a_run_saved_before_a_field_was_added_is_the_same_recipe(tmp_path: Path) -> None:
+    from pipeline.runner import same_recipe
+
+    recipe = load_recipe(RECIPES / "split-fmnist-x86.yaml")
+    text = recipe_to_yaml(recipe)
+    saved = tmp_path / "recipe.yaml"
+    older = "".join(line for line in text.splitlines(keepends=True)
+                    if "warm_start" not in line)  # as written before search.warm_start existed
+    assert older != text
+    saved.write_text(older)
+    assert same_recipe(saved, recipe)
+    saved.write_text(text.replace("trials: 16", "trials: 17"))
+    assert not same_recipe(saved, recipe)
+    saved.write_text(text + "retired_field: 1\n")  # a field since removed: not the same run
+    assert not same_recipe(saved, recipe)
