@@ -240,11 +240,7 @@ def to_block_sparse(module: nn.Module, *, keep_head_dense: bool = True) -> nn.Mo
         if skip_next:
             skip_next = False
             continue
-        shape = None
-        if isinstance(layer, nn.Linear) and i != head:
-            shape = choose_block_shape(layer.weight)
-        elif isinstance(layer, nn.Conv2d) and conv_qualifies(layer):
-            shape = choose_block_shape(layer.weight.reshape(layer.weight.shape[0], -1))
+        shape = None if i == head else _block_shape(layer)
         if shape is None:
             out.append(copy.deepcopy(layer))
             continue
