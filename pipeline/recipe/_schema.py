@@ -287,6 +287,10 @@ class TargetConfig(_Section):
     backend: Literal["eager", "tvm"] = "eager"
     mcpu: str | None = Field(default=None, description="LLVM -mcpu; None = detect the host")
     tune_trials: int = Field(default=0, ge=0, description="MetaSchedule trials per workload")
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        default=None,
+        description="runtime threads of the compiled model (TVM's pool, ONNX Runtime's); "
+        "None = 1 at batch 1, else the faster of 1 and all cores, measured once and recorded")
     rpc: RPCConfig | None = None
     remote_arch: Literal["host", "aarch64"] = Field(
         default="host", description="rpc targets: which code the remote device runs")
