@@ -28,14 +28,15 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.latency import onnx_model  # noqa: E402
 from compilers import get_compiler, measure  # noqa: E402
+from pipeline.evaluation import committed_snapshot  # noqa: E402
 from pipeline.progress import Bars  # noqa: E402
 from pipeline.recipe import load_recipe  # noqa: E402
-from pipeline.runner import committed_snapshot, prepare, run_recipe  # noqa: E402
+from pipeline.runner import prepare, run_recipe  # noqa: E402
 from pipeline.store import PackedStore  # noqa: E402
 from pipeline.subnet import task_module  # noqa: E402
 from pipeline.targets import find_target, to_target  # noqa: E402
 from pipeline.tracking import NoopTracker, build_tracker  # noqa: E402
-from search import make_search_compressor  # noqa: E402
+from search import SearchCompressor  # noqa: E402
 
 ROUNDS = 3  # interleaved measurement rounds per task
 
@@ -65,7 +66,7 @@ def main() -> int:
     tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
     with Bars() as bars:
         result = run_recipe(recipe, tracker, bars, fresh=True,
-                            compress=make_search_compressor(recipe))
+                            compressor=SearchCompressor(recipe))
     target_cfg = find_target(recipe, recipe.search.target)
     target, tvm = to_target(target_cfg), get_compiler("tvm")
     cache = recipe.output_dir.parent / "tvm-cache"

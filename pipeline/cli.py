@@ -99,13 +99,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
-    compress = None
+    compressor = None  # the runner's default: the recipe's plan through the method's passes
     if recipe.search.enabled:
-        from search import make_search_compressor
+        from search import SearchCompressor
 
-        compress = make_search_compressor(recipe)
+        compressor = SearchCompressor(recipe)
     with Bars() as bars:
-        result = run_recipe(recipe, tracker, bars, fresh=args.fresh, compress=compress)
+        result = run_recipe(recipe, tracker, bars, fresh=args.fresh, compressor=compressor)
     out = Console()
     out.print(summary_table(result))
     if any("search_chosen_trial" in r.compression for r in result.tasks):

@@ -1,4 +1,4 @@
-"""Evaluation from committed state, and the accuracy matrix with ACC, BWT, FWT (methods.md §5)."""
+"""Evaluation from committed state; the accuracy matrix with ACC, BWT, FWT (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ from torch.func import functional_call
 
 from pipeline.data import Split
 from pipeline.models import ContinualNet
+from pipeline.store import PackedStore
+
+
+def committed_snapshot(store: PackedStore, task: int) -> dict[str, torch.Tensor]:
+    """The task's tensors rebuilt from the store, keyed like the model's state dict."""
+    out = store.materialize(task)
+    return {(f"{k}.weight" if k in store.layers else k): v for k, v in out.items()}
 
 
 @torch.no_grad()

@@ -15,9 +15,9 @@ import torch
 
 from pipeline.data import build_stream
 from pipeline.errors import InputError, PipelineError
+from pipeline.evaluation import committed_snapshot
 from pipeline.models import build_model, model_fingerprint
 from pipeline.recipe import Recipe, TargetConfig, load_recipe
-from pipeline.runner import committed_snapshot
 from pipeline.store import PackedStore
 from pipeline.subnet import task_module
 from pipeline.targets import to_target

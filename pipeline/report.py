@@ -5,12 +5,10 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from pipeline.runner import RunResult
+from pipeline.session import RunResult
 
 
 def write_artifacts(result: RunResult, run_dir: Path) -> list[Path]:

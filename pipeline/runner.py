@@ -1,13 +1,14 @@
-"""Running a recipe: the per-task stage sequence (DESIGN.md §1).
+"""Running a recipe: the per-task stage sequence (docs/architecture.md).
 
-For every task: train -> end the task (fix its mask) -> compress (TSN) -> commit into the packed
-store -> re-open the store from disk -> re-evaluate every task learned so far from weights rebuilt
-from the file -> checkpoint -> track. Each stage is one function, so the search and the
-compile/export stages slot in without touching the others.
+For every task: train (the method's phases) -> end the task (fix its masks) -> compress (the
+``Compressor``: the recipe's plan, or the search) -> commit into the packed store -> re-open the
+store from disk -> the method reads it back -> re-evaluate every task learned so far from weights
+rebuilt from the file -> checkpoint -> track. The stages live in ``pipeline.stages``; the values
+they pass around in ``pipeline.session``.
 
 A run lives in ``<output_dir>/<recipe name>/``. Re-running the same recipe continues after the last
-committed task: the store holds the tasks, ``state.npz`` the live model (weights and scores) as
-it was right after that commit, and ``progress.json`` the accuracy rows measured so far.
+committed task: the store holds the tasks, ``state-<k>.npz`` the live model (weights and scores)
+as it was right before that commit, and ``progress.json`` the accuracy rows measured so far.
 """
 
 from __future__ import annotations
@@ -16,86 +17,28 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pipeline.data import Split, Stream, Task, build_stream
+from pipeline.compress import Compressor, PlanCompressor, task_tensors
+from pipeline.data import build_stream
 from pipeline.errors import InputError, RecipeError
-from pipeline.evaluation import AccuracyMatrix, evaluate_live, evaluate_snapshot
-from pipeline.methods import ContinualMethod, TaskMasks, build_method
-from pipeline.models import ContinualNet, build_model, model_fingerprint
+from pipeline.evaluation import AccuracyMatrix, committed_snapshot, evaluate_snapshot
+from pipeline.methods import build_method
+from pipeline.models import build_model, model_fingerprint
 from pipeline.progress import QUIET, Bars
 from pipeline.recipe import Recipe, flatten, load_recipe, recipe_to_dict, recipe_to_yaml
 from pipeline.report import write_artifacts
-from pipeline.stages import commit_task, compress_task, task_tensors
-from pipeline.state import load_state, save_state
-from pipeline.store import PackedStore
+from pipeline.session import RunResult, Session, TaskContext, TaskRecord
+from pipeline.stages import baseline_accuracy, commit_task, stage_evaluate, stage_train
+from pipeline.state import load_state, save_state, save_state_before_commit
+from pipeline.store import PackedStore, format_report
 from pipeline.tracking import NoopTracker, Run, Tracker
-from pipeline.train import TrainReport, train_task
+
+__all__ = ["prepare", "run_dir_for", "run_recipe", "same_recipe"]
 
 log = logging.getLogger(__name__)
-
-# (session, task, masks, bars, task run) -> (compressed layers, stats). The default is TSN's
-# adaptive compression; the CLI injects the Optuna search when ``search.enabled``.
-CompressFn = Callable[..., tuple[dict, dict[str, float]]]
-
-
-@dataclass
-class TaskRecord:
-    index: int
-    name: str
-    train: TrainReport | None
-    masks: TaskMasks | None
-    acc_at_commit: float
-    val_acc: float
-    compression: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class RunResult:
-    recipe: Recipe
-    run_dir: Path
-    matrix: AccuracyMatrix
-    tasks: list[TaskRecord] = field(default_factory=list)
-    wall_s: float = 0.0
-    # wall seconds of the earlier, interrupted part of a resumed run (from progress.json)
-    prior_wall_s: float = 0.0
-    started: float = field(default_factory=time.perf_counter)
-    run_id: str = ""
-    where: str = ""
-    store_path: Path | None = None
-    resumed_from: int = 0
-    store_metrics: dict[str, float] = field(default_factory=dict)
-
-    def elapsed(self) -> float:
-        """Wall seconds of the whole run so far, interrupted parts of a resumed run included."""
-        return self.prior_wall_s + time.perf_counter() - self.started
-
-    @property
-    def acc(self) -> float:
-        return self.matrix.acc()
-
-    @property
-    def bwt(self) -> float:
-        return self.matrix.bwt()
-
-
-@dataclass
-class _Session:
-    """Everything one run holds while it goes through its tasks."""
-
-    recipe: Recipe
-    stream: Stream
-    model: ContinualNet
-    method: ContinualMethod
-    scratch: ContinualNet  # the untrained model, for FWT's random-init baseline
-    store: PackedStore
-    run_dir: Path
-    tests: list[Split] = field(default_factory=list)
-    compress: CompressFn | None = None
 
 
 def run_dir_for(recipe: Recipe) -> Path:
@@ -113,7 +56,7 @@ def same_recipe(saved: Path, recipe: Recipe) -> bool:
     return recipe_to_dict(old) == recipe_to_dict(recipe)
 
 
-def prepare(recipe: Recipe, fresh: bool = False) -> _Session:
+def prepare(recipe: Recipe, fresh: bool = False) -> Session:
     """Build stream, model, method and store; seeded so two runs of one recipe are identical."""
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -122,7 +65,7 @@ def prepare(recipe: Recipe, fresh: bool = False) -> _Session:
     model = build_model(recipe.model, stream.input_shape)
     torch.manual_seed(recipe.train.seed)
     scratch = build_model(recipe.model, stream.input_shape)
-    method = build_method(recipe.method, model, recipe.store.bit_budget)
+    method = build_method(model, recipe)
     run_dir = run_dir_for(recipe)
     store_path = recipe.store.path or run_dir / "store.tpk"
     resolved = recipe_to_yaml(recipe)
@@ -141,38 +84,7 @@ def prepare(recipe: Recipe, fresh: bool = False) -> _Session:
         store = PackedStore.create(store_path, model.layer_shapes(), fingerprint,
                                    recipe.store.bit_budget)
     previous.write_text(resolved)
-    return _Session(recipe, stream, model, method, scratch, store, run_dir)
-
-
-def baseline_accuracy(s: _Session, task: Task) -> float:
-    """Accuracy of the randomly initialised model on ``task`` (GEM's b_j for FWT)."""
-    torch.manual_seed(s.recipe.train.seed + 7919 * (task.index + 1))
-    while s.scratch.num_tasks <= task.index:
-        s.scratch.add_task(task.num_classes)
-    s.scratch.set_mode("scores", density=s.recipe.method.density)
-    return evaluate_live(s.scratch, task.index, task.test, s.recipe.train.eval_batch_size)[0]
-
-
-def stage_train(s: _Session, task: Task, bars: Bars) -> tuple[TrainReport, float]:
-    """Add the task's head, measure accuracy before training (FWT), train."""
-    torch.manual_seed(s.recipe.train.seed + 7919 * (task.index + 1))
-    s.model.add_task(task.num_classes)
-    s.method.begin_task(task.index)
-    before = evaluate_live(s.model, task.index, task.test, s.recipe.train.eval_batch_size)[0]
-    return train_task(s.method, task.index, task, s.recipe.train, bars), before
-
-
-def committed_snapshot(store: PackedStore, task: int) -> dict[str, torch.Tensor]:
-    """The task's tensors rebuilt from the store, keyed like the model's state dict."""
-    out = store.materialize(task)
-    return {(f"{k}.weight" if k in store.layers else k): v for k, v in out.items()}
-
-
-def stage_evaluate(s: _Session, upto: int) -> list[float]:
-    """Re-test every task <= ``upto`` from the store; never copy a number forward."""
-    bs = s.recipe.train.eval_batch_size
-    return [evaluate_snapshot(s.model, committed_snapshot(s.store, j), j, s.tests[j], bs)[0]
-            for j in range(upto + 1)]
+    return Session(recipe, stream, model, method, scratch, store, run_dir)
 
 
 def task_metrics(rec: TaskRecord, row: list[float], before: float, baseline: float) -> dict:
@@ -186,12 +98,16 @@ def task_metrics(rec: TaskRecord, row: list[float], before: float, baseline: flo
 
 
 def run_recipe(recipe: Recipe, tracker: Tracker | None = None, bars: Bars = QUIET,
-               fresh: bool = False, compress: CompressFn | None = None) -> RunResult:
-    """Run (or continue) every task of the recipe; the parent run ends KILLED on Ctrl-C."""
+               fresh: bool = False, compressor: Compressor | None = None) -> RunResult:
+    """Run (or continue) every task of the recipe; the parent run ends KILLED on Ctrl-C.
+
+    ``compressor`` turns each trained task into what is committed (default: the recipe's plan
+    through the method's compression passes, ``PlanCompressor``).
+    """
     tracker = tracker or NoopTracker()
+    compressor = compressor or PlanCompressor()
     start = time.perf_counter()
     s = prepare(recipe, fresh)
-    s.compress = compress
     result = RunResult(recipe, s.run_dir, AccuracyMatrix(), where=tracker.where(),
                        store_path=s.store.path, started=start)
     resumed = load_state(s, result)
@@ -204,7 +120,7 @@ def run_recipe(recipe: Recipe, tracker: Tracker | None = None, bars: Bars = QUIE
     try:
         parent.log_params(flatten(recipe_to_dict(recipe)))
         parent.log_artifact(s.run_dir / "recipe.yaml")
-        _run_tasks(s, result, parent, bars, resumed)
+        _run_tasks(s, result, parent, bars, resumed, compressor)
         result.wall_s = result.elapsed()
         _finish(s, result, parent)
     except KeyboardInterrupt:
@@ -217,7 +133,7 @@ def run_recipe(recipe: Recipe, tracker: Tracker | None = None, bars: Bars = QUIE
     return result
 
 
-def _finish(s: _Session, result: RunResult, parent: Run) -> None:
+def _finish(s: Session, result: RunResult, parent: Run) -> None:
     report = s.store.report()
     result.store_metrics = report.as_metrics()
     summary = {"acc": result.acc, "bwt": result.bwt, "fwt": result.matrix.fwt(),
@@ -226,8 +142,6 @@ def _finish(s: _Session, result: RunResult, parent: Run) -> None:
         {"summary": summary, "matrix": result.matrix.as_list(),
          "tasks": [r.name for r in result.tasks], "resumed_from_task": result.resumed_from},
         indent=2))
-    from pipeline.store import format_report
-
     (s.run_dir / "store_report.txt").write_text(format_report(report))
     parent.log_metrics(summary)
     for path in write_artifacts(result, s.run_dir):
@@ -237,7 +151,8 @@ def _finish(s: _Session, result: RunResult, parent: Run) -> None:
     parent.log_artifact(s.store.path, "store")
 
 
-def _run_tasks(s: _Session, result: RunResult, parent: Run, bars: Bars, first: int) -> None:
+def _run_tasks(s: Session, result: RunResult, parent: Run, bars: Bars, first: int,
+               compressor: Compressor) -> None:
     n = len(s.stream)
     with bars.bar("tasks", n, keep=True) as tbar:
         bars.advance(tbar, first)
@@ -246,7 +161,7 @@ def _run_tasks(s: _Session, result: RunResult, parent: Run, bars: Bars, first: i
             child = parent.child(f"task-{t}", tags={"taskpack.task": str(t),
                                                     "taskpack.task_name": name})
             try:
-                row = _one_task(s, t, name, result, child, bars)
+                row = _one_task(s, t, name, result, child, bars, compressor)
             except KeyboardInterrupt:
                 child.end("KILLED")
                 raise
@@ -258,23 +173,25 @@ def _run_tasks(s: _Session, result: RunResult, parent: Run, bars: Bars, first: i
             bars.advance(tbar, info=f"acc {row[-1]:.2f}%  mean {sum(row) / len(row):.2f}%")
 
 
-def _one_task(s: _Session, t: int, name: str, result: RunResult, child: Run,
-              bars: Bars) -> list[float]:
+def _one_task(s: Session, t: int, name: str, result: RunResult, child: Run, bars: Bars,
+              compressor: Compressor) -> list[float]:
     task = s.stream.load(t)
     s.tests.append(task.test)
     baseline = baseline_accuracy(s, task)
     report, before = stage_train(s, task, bars)
     masks = s.method.end_task(t)
-    layers, stats = (s.compress or compress_task)(s, task, masks, bars, child)
-    commit_task(s, task, layers, task_tensors(s.model, t), stats)
+    compressed = compressor.compress(s, TaskContext(task, masks, bars, child))
+    save_state_before_commit(s, t + 1)
+    commit_task(s, task, compressed, task_tensors(s.model, t))
     # every evaluation from here on runs on weights rebuilt from the file on disk
     s.store = PackedStore.open(s.store.path, expect_fingerprint=s.store.model_fingerprint)
+    s.method.after_commit(t, s.store)
     snap = committed_snapshot(s.store, t)
     bs = s.recipe.train.eval_batch_size
     acc_commit = evaluate_snapshot(s.model, snap, t, task.test, bs)[0]
     val_acc = evaluate_snapshot(s.model, snap, t, task.val, bs)[0]
     row = stage_evaluate(s, t)
-    rec = TaskRecord(t, name, report, masks, acc_commit, val_acc, stats)
+    rec = TaskRecord(t, name, report, masks, acc_commit, val_acc, compressed.stats)
     result.tasks.append(rec)
     result.matrix.add_row(row)
     result.matrix.before.append(before)

@@ -1,100 +1,60 @@
-"""The compress and commit stages of a task (used by the runner, later by the search)."""
+"""The per-task stages the runner strings together: train, commit, re-evaluate from the store."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from pipeline.compress import (
-    CompressContext,
-    LayerResult,
-    finetune_own,
-    prune,
-    quantize,
-    summarize,
-)
+from pipeline.compress import Compressed
 from pipeline.data import Task
-from pipeline.methods import TSN, TaskMasks
-from pipeline.models import ContinualNet
+from pipeline.evaluation import committed_snapshot, evaluate_live, evaluate_snapshot
 from pipeline.progress import Bars
-from pipeline.recipe import plan_for_layers
+from pipeline.session import Session, TrainReport
 from pipeline.store import LayerCommit, TaskCommit
-from pipeline.tracking import Run
+from pipeline.train import train_task
 
-if TYPE_CHECKING:
-    from pipeline.runner import _Session
-
-
-def task_tensors(model: ContinualNet, task: int) -> dict[str, torch.Tensor]:
-    """The task's own tensors (head, per-task norms), cloned, keyed like the state dict."""
-    state = dict(model.named_parameters()) | dict(model.named_buffers())
-    return {n: state[n].detach().clone() for n in model.task_param_names(task)}
+__all__ = ["baseline_accuracy", "commit_task", "stage_evaluate", "stage_train"]
 
 
-def load_task_tensors(model: ContinualNet, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy a task's tensors (head, per-task norms) into the live model."""
-    state = dict(model.named_parameters()) | dict(model.named_buffers())
-    with torch.no_grad():
-        for k, v in tensors.items():
-            state[k].copy_(v)
+def _seed_task(s: Session, task: int) -> None:
+    torch.manual_seed(s.recipe.train.seed + 7919 * (task + 1))
 
 
-def trained_layers(model: ContinualNet, masks: TaskMasks) -> dict[str, LayerResult]:
-    """The task right after training: its masks and the live fp32 weights, per layer."""
-    return {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
-                           m.weight.detach().clone(), own_before=int(masks.own[n].sum()))
-            for n, m in model.masked_layers().items()}
+def baseline_accuracy(s: Session, task: Task) -> float:
+    """Accuracy of the randomly initialised model on ``task`` (GEM's b_j for FWT), run the way
+    the method evaluates its live model."""
+    _seed_task(s, task.index)
+    while s.scratch.num_tasks <= task.index:
+        s.scratch.add_task(task.num_classes)
+    s.method.eval_mode(task.index).apply(s.scratch)
+    return evaluate_live(s.scratch, task.index, task.test, s.recipe.train.eval_batch_size)[0]
 
 
-def compress_task(s: _Session, task: Task, masks: TaskMasks, bars: Bars,
-                  run: Run | None = None) -> tuple[dict[str, LayerResult], dict[str, float]]:
-    """TSN: prune, fine-tune, quantize the task's own weights. WSN: commit as trained (fp32)."""
-    layers = trained_layers(s.model, masks)
-    method = s.method
-    if not isinstance(method, TSN):
-        return layers, {}
-    cfg, t = method.cfg, task.index
-    plans = plan_for_layers(s.recipe.compression, list(layers))
-    ctx = CompressContext(s.model, t, task_tensors(s.model, t), task,
-                          s.recipe.train.eval_batch_size)
-    acc_trained = ctx.accuracy(layers)
-    acc_pruned = prune(ctx, layers, plans, cfg.prune.delta, cfg.prune.steps,
-                       cfg.prune.step_fraction, bars)
-    if cfg.prune.finetune_epochs and any(p.sparsity > 0 for p in plans.values()):
-        finetune_own(ctx, layers, cfg.prune.finetune_epochs, s.recipe.train.lr / 10,
-                     s.recipe.train.batch_size, s.recipe.train.seed + t)
-        acc_pruned = ctx.accuracy(layers)
-    # an own code placed on a held position must fit its free bits: such layers must quantize
-    split_layers = {n for n, r in layers.items() if (r.own & method.consolidated[n]).any()}
-    acc_q = quantize(ctx, layers, plans, cfg.quantize.bits, cfg.quantize.delta,
-                     cfg.quantize.adaptive, required=split_layers, bars=bars)
-    load_task_tensors(s.model, ctx.task_tensors)  # the live head takes what fine-tuning made
-    method.finalize(t, {n: r.mask for n, r in layers.items()})
-    stats = {"acc_val_trained": acc_trained, "acc_val_pruned": acc_pruned,
-             "acc_val_quantized": acc_q, "compress_evaluations": ctx.evaluations,
-             **summarize(layers)}
-    return layers, stats
+def stage_train(s: Session, task: Task, bars: Bars) -> tuple[TrainReport, float]:
+    """Add the task's head, measure accuracy before training (FWT), train."""
+    _seed_task(s, task.index)
+    s.model.add_task(task.num_classes)
+    s.method.begin_task(task.index, s.store)
+    s.method.eval_mode(task.index).apply(s.model)
+    before = evaluate_live(s.model, task.index, task.test, s.recipe.train.eval_batch_size)[0]
+    return train_task(s.method, task.index, task, s.recipe.train, bars), before
 
 
-def commit_task(s: _Session, task: Task, layers: dict[str, LayerResult],
-                tensors: dict[str, torch.Tensor], stats: dict[str, float]) -> None:
-    """Write the task into the packed store, then align the live model with the store."""
-    from pipeline.state import save_state_before_commit
-
-    save_state_before_commit(s, task.index + 1)
+def commit_task(s: Session, task: Task, compressed: Compressed,
+                tensors: dict[str, torch.Tensor]) -> None:
+    """Write the task into the packed store (atomically; the file is complete or untouched)."""
     commit = TaskCommit(
         task=task.index,
         layers={n: LayerCommit(r.mask, r.own, r.bits, r.values, r.codebook)
-                for n, r in layers.items()},
+                for n, r in compressed.layers.items()},
         tensors=tensors,
         meta={"name": task.name, "num_classes": task.num_classes,
-              **{k: float(v) for k, v in stats.items() if k.startswith("acc_")}},
+              **{k: float(v) for k, v in compressed.stats.items() if k.startswith("acc_")}},
     )
     s.store.commit(commit)
-    sync_with_store(s)
 
 
-def sync_with_store(s: _Session) -> None:
-    s.method.load_store_state(s.store.union_mask(), s.store.current_values(),
-                              s.store.used_bits())
+def stage_evaluate(s: Session, upto: int) -> list[float]:
+    """Re-test every task <= ``upto`` from the store; never copy a number forward."""
+    bs = s.recipe.train.eval_batch_size
+    return [evaluate_snapshot(s.model, committed_snapshot(s.store, j), j, s.tests[j], bs)[0]
+            for j in range(upto + 1)]

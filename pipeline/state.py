@@ -11,26 +11,29 @@ committed tasks never change. Files are written atomically (temp + rename) and h
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from pipeline._atomic import atomic_write
 from pipeline.errors import InputError
-from pipeline.evaluation import evaluate_snapshot
+from pipeline.evaluation import committed_snapshot, evaluate_snapshot
+from pipeline.session import RunResult, Session, TaskRecord
 
-if TYPE_CHECKING:
-    from pipeline.runner import RunResult, _Session
+__all__ = ["load_state", "save_state", "save_state_before_commit"]
+
+_METHOD = "method/"  # prefix of the method's own resume tensors in state-<k>.npz
 
 
-def save_state_before_commit(s: _Session, tasks_after_commit: int) -> None:
-    """The live model as it is right before the commit that makes ``tasks_after_commit``."""
+def save_state_before_commit(s: Session, tasks_after_commit: int) -> None:
+    """The live model (and the method's own state) right before the commit that makes
+    ``tasks_after_commit`` tasks."""
     arrays = {k: v.detach().cpu().numpy() for k, v in s.model.state_dict().items()}
+    arrays |= {_METHOD + k: v.detach().cpu().numpy() for k, v in s.method.state_dict().items()}
     atomic_write(s.run_dir / f"state-{tasks_after_commit}.npz", lambda f: np.savez(f, **arrays))
 
 
-def save_state(s: _Session, result: RunResult) -> None:
+def save_state(s: Session, result: RunResult) -> None:
     """Accuracy rows and per-task records measured so far (after the commit)."""
     m = result.matrix
     data = {"tasks_done": len(m.rows), "rows": m.rows, "before": m.before,
@@ -46,11 +49,8 @@ def save_state(s: _Session, result: RunResult) -> None:
             old.unlink()
 
 
-def load_state(s: _Session, result: RunResult) -> int:
+def load_state(s: Session, result: RunResult) -> int:
     """Restore a run with committed tasks; returns how many tasks are already done."""
-    from pipeline.runner import TaskRecord, committed_snapshot
-    from pipeline.stages import sync_with_store
-
     n = s.store.num_tasks
     if n == 0:
         return 0
@@ -61,9 +61,11 @@ def load_state(s: _Session, result: RunResult) -> int:
     for t in range(n):
         s.model.add_task(s.stream.task_info(t)[1])
     with np.load(path, allow_pickle=False) as z:
-        s.model.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files})
-    s.method.restore(n, [s.store.task_masks(t) for t in range(n)])
-    sync_with_store(s)
+        tensors = {k: torch.from_numpy(z[k]) for k in z.files}
+    s.model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(_METHOD)})
+    s.method.load_state_dict({k.removeprefix(_METHOD): v for k, v in tensors.items()
+                              if k.startswith(_METHOD)})
+    s.method.after_commit(n - 1, s.store)  # syncing with the store is deterministic
     progress = s.run_dir / "progress.json"
     data = json.loads(progress.read_text()) if progress.exists() else {"records": [], "rows": []}
     m = result.matrix

@@ -1,35 +1,28 @@
-"""Training one task: the WSN schedule (methods.md §2.1, step 5).
+"""Training one task: the method's phases, each on the WSN schedule (docs/methods.md).
 
-After each epoch the validation loss decides: keep the best state; if it has not improved for
-``patience`` epochs divide the lr by ``lr_factor``; stop when the lr falls below ``lr_min``. At the
-end the best state is restored. Works for any ``ContinualMethod``.
+A phase gets a fresh optimizer. After each epoch the validation loss decides: keep the best
+state; if it has not improved for ``patience`` epochs divide the lr by ``lr_factor``; stop when
+the lr falls below ``lr_min`` (or when the method's ``after_epoch`` says so). At the end of a
+phase its best state is restored. Works for any registered ``Method``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.data import Task
 from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate_live
-from pipeline.methods import ContinualMethod
+from pipeline.methods import Method, Phase
 from pipeline.progress import QUIET, Bars
 from pipeline.recipe import TrainConfig
+from pipeline.session import TrainReport
 
-
-@dataclass
-class TrainReport:
-    epochs: int
-    best_epoch: int
-    best_val_loss: float
-    best_val_acc: float
-    final_lr: float
-    seconds: float
+__all__ = ["TrainReport", "make_optimizer", "train_task"]
 
 
 def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -40,27 +33,47 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
-def train_task(method: ContinualMethod, task: int, data: Task, cfg: TrainConfig,
+def train_task(method: Method, task: int, data: Task, cfg: TrainConfig,
                bars: Bars = QUIET) -> TrainReport:
+    """Run every phase of ``task``; the report sums epochs and seconds over the phases."""
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + task)
+    report, epochs = None, 0
+    for phase in method.phases(task):  # may be a generator: a phase can depend on the last
+        report = _train_phase(method, task, data, cfg, phase, gen, bars)
+        epochs += report.epochs
+    if report is None:
+        raise PipelineError(f"method {method.cfg.kind!r} gave task {task} no training phase")
+    return replace(report, epochs=epochs, seconds=time.perf_counter() - start)
+
+
+def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase: Phase,
+                 gen: torch.Generator, bars: Bars) -> TrainReport:
     model = method.model
     start = time.perf_counter()
-    method.begin_task(task)
-    groups = method.param_groups(task)
-    opt = make_optimizer(groups, cfg)  # fresh per task: no stale moments on frozen weights
-    params = [p for g in groups for p in g["params"]]
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + task)
+    phase.mode.apply(model)
+    if phase.lr is not None:
+        cfg = cfg.model_copy(update={"lr": phase.lr})
+    max_epochs = cfg.epochs if phase.epochs is None else phase.epochs
+    opt = make_optimizer(phase.param_groups, cfg)  # fresh per phase: no stale moments
+    params = [p for g in phase.param_groups for p in g["params"]]
     lr, best_loss, best_acc, best_epoch, wait = cfg.lr, math.inf, math.nan, -1, 0
     best_state = [p.detach().clone() for p in params]
-    steps = math.ceil(len(data.train) / cfg.batch_size)
     epoch = 0
-    with bars.bar(f"task {task} epochs", cfg.epochs) as ebar:
-        for epoch in range(cfg.epochs):
+    label = f"task {task} epochs" if phase.name == "train" else f"task {task} {phase.name}"
+    with bars.bar(label, max_epochs) as ebar:
+        for epoch in range(max_epochs):
             model.train()
-            order = torch.randperm(len(data.train), generator=gen)
+            chosen = method.select_examples(task, epoch, len(data.train))
+            if chosen is None:
+                order = torch.randperm(len(data.train), generator=gen)
+            else:
+                order = chosen[torch.randperm(len(chosen), generator=gen)]
+            steps = math.ceil(len(order) / cfg.batch_size)
             with bars.bar(f"epoch {epoch}", steps) as bbar:
                 for i in range(0, len(order), cfg.batch_size):
                     idx = order[i:i + cfg.batch_size]
-                    loss = F.cross_entropy(model(data.train.x[idx], task), data.train.y[idx])
+                    loss = method.loss(task, model(data.train.x[idx], task), data.train.y[idx])
                     if not torch.isfinite(loss):
                         raise PipelineError(f"task {task}: training loss became {loss.item()} "
                                             f"in epoch {epoch}; lower train.lr (now {lr})")
@@ -68,6 +81,7 @@ def train_task(method: ContinualMethod, task: int, data: Task, cfg: TrainConfig,
                     loss.backward()
                     method.after_backward(task)
                     opt.step()
+                    method.after_step(task)
                     bars.advance(bbar, info=f"loss {loss.item():.3f}")
             val_acc, val_loss = evaluate_live(model, task, data.val, cfg.eval_batch_size)
             bars.advance(ebar, info=f"val acc {val_acc:.2f}%")
@@ -82,6 +96,8 @@ def train_task(method: ContinualMethod, task: int, data: Task, cfg: TrainConfig,
                         g["lr"] = lr
                     if lr < cfg.lr_min:
                         break
+            if method.after_epoch(task, epoch, val_acc):
+                break
     with torch.no_grad():
         for p, best in zip(params, best_state, strict=True):
             p.copy_(best)

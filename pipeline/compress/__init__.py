@@ -1,13 +1,21 @@
-"""Compression passes applied to a task's subnetwork after training (TSN, DESIGN.md §2).
+"""Compression of a task after training: the ``Compressor`` interface, the recipe-plan
+compressor, and TSN's passes (pruning, own-weight fine-tuning, adaptive quantization).
 
-The same functions serve the pipeline's TSN stage and, later, the search's trial objective, so
-there is one implementation of every pass.
+The passes serve both compressors (the plan here, the search in ``search/``), so there is one
+implementation of every pass.
 """
 
+from pipeline.compress._base import Compressed, Compressor
 from pipeline.compress._patterns import Pattern, group_ids, prune_step
+from pipeline.compress._plan import PlanCompressor
+from pipeline.compress._task import (
+    layers_on_held_positions,
+    load_task_tensors,
+    task_tensors,
+    trained_layers,
+)
 from pipeline.compress._tsn import (
     CompressContext,
-    CompressResult,
     LayerResult,
     finetune_own,
     layer_snapshot,
@@ -18,14 +26,20 @@ from pipeline.compress._tsn import (
 
 __all__ = [
     "CompressContext",
-    "CompressResult",
+    "Compressed",
+    "Compressor",
     "LayerResult",
     "Pattern",
+    "PlanCompressor",
     "finetune_own",
     "group_ids",
     "layer_snapshot",
+    "layers_on_held_positions",
+    "load_task_tensors",
     "prune",
     "prune_step",
     "quantize",
     "summarize",
+    "task_tensors",
+    "trained_layers",
 ]

@@ -1,4 +1,4 @@
-"""TSN compression of one task after training (methods.md §3.4 steps 3-4).
+"""TSN compression of one task after training (docs/methods.md, TSN steps 3-4).
 
 1. Fine-tuned pruning: round-robin over the layers whose plan asks for sparsity; each step removes
    ``step_fraction`` of the layer's own weights (by the plan's pattern) and is accepted only if
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,16 +42,6 @@ class LayerResult:
     bits: int = 32
     codebook: torch.Tensor | None = None
     own_before: int = 0
-
-
-@dataclass
-class CompressResult:
-    layers: dict[str, LayerResult]
-    acc_trained: float
-    acc_pruned: float
-    acc_quantized: float
-    evaluations: int = 0
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 def layer_snapshot(layers: dict[str, LayerResult],

@@ -1,18 +1,38 @@
-"""The interface every continual-learning method implements.
+"""The contract between the runner and a continual-learning method.
 
-The runner calls, per task: ``begin_task`` -> (training: ``param_groups``, ``after_backward`` every
-step) -> ``end_task`` -> ``snapshot``. A method owns which weights a task may change and what a
-task's committed subnetwork is; the trainer and the runner stay method-agnostic.
+Per task the runner calls, in this order::
+
+    begin_task(task, store)                       # may read what earlier tasks committed
+    for phase in phases(task):                    # fresh optimizer per phase
+        every step:  loss -> backward -> after_backward -> optimizer step -> after_step
+        every epoch: select_examples (which training examples), after_epoch (may stop)
+    end_task(task) -> TaskMasks                   # the task's subnetwork, best state restored
+    (a Compressor turns the masks and live weights into what is committed)
+    after_commit(task, store)                     # read back what the store now holds
+
+and, once per run, ``setup()`` after the backbone is built; ``state_dict`` / ``load_state_dict``
+for what a resumed run needs beyond the model and the store; ``infer_task`` when the method can
+evaluate without a task id. Every hook except ``end_task`` has a default, so a method states only
+what differs. The runner never asks which method it runs.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
-from pipeline.models import ContinualNet
+from pipeline.models import ContinualNet, Mode
+from pipeline.recipe import MethodConfig, Recipe
+
+if TYPE_CHECKING:
+    from pipeline.recipe import PruneConfig, QuantizeConfig
+    from pipeline.store import PackedStore
+
+__all__ = ["CompressionPasses", "MaskMode", "Method", "Phase", "TaskMasks"]
 
 
 @dataclass
@@ -25,28 +45,108 @@ class TaskMasks:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-class ContinualMethod(ABC):
-    """Base class: a method trains task after task inside one ``ContinualNet``."""
+@dataclass(frozen=True)
+class MaskMode:
+    """How the masked layers run: ``dense``, ``scores`` (top-``density`` of each layer's scores,
+    straight-through) or ``mask`` (the given ``masks``)."""
 
-    def __init__(self, model: ContinualNet) -> None:
+    mode: Mode = "dense"
+    density: float | None = None
+    masks: dict[str, torch.Tensor] | None = None
+
+    def apply(self, model: ContinualNet) -> None:
+        model.set_mode(self.mode, self.density, self.masks)
+
+
+@dataclass
+class Phase:
+    """One stretch of training with its own optimizer.
+
+    ``epochs`` None means ``train.epochs``; ``lr`` None means ``train.lr``. Tensors a phase must
+    not change belong in no group (or get their gradient zeroed in ``after_backward``).
+    """
+
+    name: str
+    param_groups: list[dict]
+    mode: MaskMode = field(default_factory=MaskMode)
+    epochs: int | None = None
+    lr: float | None = None
+
+
+@dataclass(frozen=True)
+class CompressionPasses:
+    """Settings of the passes that compress a task's own weights (pruning, quantization)."""
+
+    prune: PruneConfig
+    quantize: QuantizeConfig
+
+
+class Method(ABC):
+    """A continual-learning method, trained task after task inside one ``ContinualNet``.
+
+    Constructed as ``Method(model, cfg, recipe)``: ``cfg`` is the validated ``method`` section,
+    ``recipe`` the whole recipe (None in unit tests that build a method by hand).
+    """
+
+    def __init__(self, model: ContinualNet, cfg: MethodConfig,
+                 recipe: Recipe | None = None) -> None:
         self.model = model
+        self.cfg = cfg
+        self.recipe = recipe
+
+    # ---- once per run -------------------------------------------------------------------
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the backbone once, before the first task (e.g. a fixed random backbone)."""
+
+    # ---- per task -----------------------------------------------------------------------
+    def begin_task(self, task: int, store: PackedStore | None = None) -> None:  # noqa: B027
+        """Get ready to train ``task`` (its head exists); ``store`` holds the earlier tasks."""
 
     @abstractmethod
-    def begin_task(self, task: int) -> None:
-        """Put the model in the state for training ``task`` (its head already exists)."""
+    def phases(self, task: int) -> list[Phase]:
+        """The training phases of ``task``, in order."""
 
-    @abstractmethod
-    def param_groups(self, task: int) -> list[dict]:
-        """Optimizer parameter groups for ``task``. Gated tensors get ``weight_decay=0``."""
+    def eval_mode(self, task: int) -> MaskMode:
+        """How masked layers run when the live model is evaluated during ``task``."""
+        return MaskMode()
+
+    def loss(self, task: int, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y)
 
     def after_backward(self, task: int) -> None:  # noqa: B027 - optional hook
-        """Called between ``backward()`` and ``step()``: gate gradients here."""
+        """Between ``backward()`` and ``step()``: gate gradients here."""
+
+    def after_step(self, task: int) -> None:  # noqa: B027 - optional hook
+        """After each optimizer step (e.g. re-apply constraints, grow/drop connections)."""
+
+    def select_examples(self, task: int, epoch: int, n: int) -> torch.Tensor | None:
+        """Indices of the ``n`` training examples to use this epoch; None = all of them."""
+        return None
+
+    def after_epoch(self, task: int, epoch: int, val_acc: float) -> bool:
+        """After each epoch's validation; return True to end the phase early."""
+        return False
 
     @abstractmethod
     def end_task(self, task: int) -> TaskMasks:
         """Fix the task's subnetwork once training is over (best state already restored)."""
 
-    @abstractmethod
-    def snapshot(self, task: int) -> dict[str, torch.Tensor]:
-        """The task's committed tensors: masked dense weights of every prunable layer
-        (``<layer>.weight``) plus its head and per-task norms, keyed like ``state_dict``."""
+    def compression(self) -> CompressionPasses | None:
+        """The passes that compress this method's tasks; None = commit as trained."""
+        return None
+
+    def after_commit(self, task: int, store: PackedStore) -> None:  # noqa: B027
+        """``task`` is in the store: align the live model with what the store holds. Also
+        called on resume with the last committed task, so it must depend on the store only."""
+
+    # ---- resume and evaluation ----------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Method state a resumed run needs beyond the model's tensors and the store."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:  # noqa: B027
+        """Restore what ``state_dict`` returned."""
+
+    def infer_task(self, x: torch.Tensor, store: PackedStore) -> torch.Tensor:
+        """The task id of each input, for evaluation without a task id."""
+        raise NotImplementedError(f"method {self.cfg.kind!r} cannot infer the task of an input")

@@ -5,27 +5,33 @@ With ``policy: reuse_only`` a task trains only free positions (WSN semantics). W
 has at least ``max(quantize.bits)`` free bits: the task's trained value there becomes an own code
 of its own in those free bits ("a single weight separated into parts for different tasks"),
 while earlier tasks keep decoding their own codes. Pruning and quantization happen after
-training, in the runner's compress stage (``pipeline.compress``).
+training, in the compress stage (``pipeline.compress``), with the passes ``compression()`` names.
 """
 
 from __future__ import annotations
 
 import torch
 
-from pipeline.methods._base import TaskMasks
+from pipeline.methods._base import CompressionPasses, TaskMasks
+from pipeline.methods._registry import register_method
 from pipeline.methods.wsn import WSN
 from pipeline.models import ContinualNet, topc_mask
+from pipeline.recipe import Recipe, TSNMethod
 
 
 class TSN(WSN):
-    def __init__(self, model: ContinualNet, cfg, bit_budget: int = 32) -> None:
-        super().__init__(model, cfg.density)
-        self.cfg = cfg
-        self.bit_budget = bit_budget
+    cfg: TSNMethod
+
+    def __init__(self, model: ContinualNet, cfg: TSNMethod, recipe: Recipe | None = None) -> None:
+        super().__init__(model, cfg, recipe)
+        self.bit_budget = recipe.store.bit_budget if recipe is not None else 32
         self.split_bits = max(cfg.quantize.bits)
         self.stored = {n: torch.zeros_like(m.weight) for n, m in model.masked_layers().items()}
         self.splittable = {n: torch.zeros_like(m, dtype=torch.bool)
                            for n, m in self.consolidated.items()}
+
+    def compression(self) -> CompressionPasses:
+        return CompressionPasses(self.cfg.prune, self.cfg.quantize)
 
     def load_store_state(self, held: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
                          used_bits: dict[str, torch.Tensor] | None = None) -> None:
@@ -49,6 +55,5 @@ class TSN(WSN):
         self.masks.append(mask)
         return TaskMasks(mask, own, shared, self.capacity_stats())
 
-    def finalize(self, task: int, mask: dict[str, torch.Tensor]) -> None:
-        """Record the task's mask after compression (pruning shrinks it)."""
-        self.masks[task] = mask
+
+register_method("tsn", TSNMethod, TSN)

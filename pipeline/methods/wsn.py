@@ -1,4 +1,4 @@
-"""WSN (Winning SubNetworks, Kang et al. ICML 2022), methods.md §2.1.
+"""WSN (Winning SubNetworks, Kang et al. ICML 2022); see docs/methods.md.
 
 Per layer, a score tensor; each step keeps the top-c fraction of |score| with a straight-through
 gradient. Weights used by earlier tasks (the consolidated mask M_{t-1}) get zero gradient and no
@@ -9,16 +9,24 @@ code keeps the last step's mask instead).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from pipeline.methods._base import ContinualMethod, TaskMasks
+from pipeline.methods._base import MaskMode, Method, Phase, TaskMasks
+from pipeline.methods._registry import register_method
 from pipeline.models import ContinualNet, topc_mask
+from pipeline.recipe import Recipe, TSNMethod, WSNMethod
+
+if TYPE_CHECKING:
+    from pipeline.store import PackedStore
 
 
-class WSN(ContinualMethod):
-    def __init__(self, model: ContinualNet, density: float) -> None:
-        super().__init__(model)
-        self.density = density
+class WSN(Method):
+    def __init__(self, model: ContinualNet, cfg: WSNMethod | TSNMethod,
+                 recipe: Recipe | None = None) -> None:
+        super().__init__(model, cfg, recipe)
+        self.density = cfg.density
         layers = model.masked_layers()
         self.consolidated = {n: torch.zeros_like(m.weight, dtype=torch.bool)
                              for n, m in layers.items()}
@@ -26,39 +34,24 @@ class WSN(ContinualMethod):
         # positions whose weight the current task must not change (M_{t-1} for WSN)
         self.frozen = self.consolidated
 
-    def load_store_state(self, held: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
-                         used_bits: dict[str, torch.Tensor] | None = None) -> None:
-        """Align the live model with the store after a commit (or on resume).
+    def begin_task(self, task: int, store: PackedStore | None = None) -> None:
+        done = len(self.masks) if store is None else store.num_tasks
+        if task != done:
+            raise ValueError(f"tasks must come in order: expected {done}, got {task}")
 
-        ``held`` marks positions that hold a code, ``values`` the latest code's value there. The
-        live weights take the stored values, so a later task shares exactly what was stored.
-        """
-        with torch.no_grad():
-            for name, layer in self.model.masked_layers().items():
-                layer.weight.copy_(torch.where(held[name], values[name], layer.weight))
-                self.consolidated[name] = held[name].clone()
-        self.frozen = self.consolidated
+    def eval_mode(self, task: int) -> MaskMode:
+        return MaskMode("scores", self.density)
 
-    def restore(self, tasks: int, masks: list[dict[str, torch.Tensor]]) -> None:
-        """Continue after ``tasks`` committed tasks whose masks are ``masks`` (resume)."""
-        if len(masks) != tasks:
-            raise ValueError(f"need {tasks} masks to restore, got {len(masks)}")
-        self.masks = [dict(m) for m in masks]
-
-    def begin_task(self, task: int) -> None:
-        if task != len(self.masks):
-            raise ValueError(f"tasks must come in order: expected {len(self.masks)}, got {task}")
-        self.model.set_mode("scores", density=self.density)
-
-    def param_groups(self, task: int) -> list[dict]:
+    def phases(self, task: int) -> list[Phase]:
         layers = self.model.masked_layers().values()
         state = dict(self.model.named_parameters())
         own = [state[n] for n in self.model.task_param_names(task) if n in state]
-        return [
+        groups = [
             {"params": [m.weight for m in layers], "weight_decay": 0.0},
             {"params": [m.score for m in layers], "weight_decay": 0.0},
             {"params": own},
         ]
+        return [Phase("train", groups, self.eval_mode(task))]
 
     def after_backward(self, task: int) -> None:
         for name, layer in self.model.masked_layers().items():
@@ -76,12 +69,30 @@ class WSN(ContinualMethod):
         self.masks.append(mask)
         return TaskMasks(mask, own, shared, self.capacity_stats())
 
+    def after_commit(self, task: int, store: PackedStore) -> None:
+        if len(self.masks) < task:  # resumed: the earlier tasks' masks come from the store
+            self.masks = [store.task_masks(t) for t in range(task)]
+        self.masks[task:] = [store.task_masks(task)]  # what was committed (compression prunes)
+        self.load_store_state(store.union_mask(), store.current_values(), store.used_bits())
+
+    def load_store_state(self, held: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
+                         used_bits: dict[str, torch.Tensor] | None = None) -> None:
+        """Align the live model with the store: ``held`` marks positions that hold a code,
+        ``values`` the latest code's value there. The live weights take the stored values, so a
+        later task shares exactly what was stored."""
+        with torch.no_grad():
+            for name, layer in self.model.masked_layers().items():
+                layer.weight.copy_(torch.where(held[name], values[name], layer.weight))
+                self.consolidated[name] = held[name].clone()
+        self.frozen = self.consolidated
+
     def capacity_stats(self) -> dict[str, float]:
         total = sum(m.numel() for m in self.consolidated.values())
         used = sum(int(m.sum()) for m in self.consolidated.values())
         return {"union_density": used / total}
 
     def snapshot(self, task: int) -> dict[str, torch.Tensor]:
+        """The live view of an ended task (tests and debugging; runs evaluate from the store)."""
         if not 0 <= task < len(self.masks):
             raise IndexError(f"task {task} has not ended; {len(self.masks)} task(s) have")
         out = {f"{n}.weight": (layer.weight.detach() * self.masks[task][n]).clone()
@@ -90,3 +101,6 @@ class WSN(ContinualMethod):
         for name in self.model.task_param_names(task):
             out[name] = state[name].detach().clone()
         return out
+
+
+register_method("wsn", WSNMethod, WSN)

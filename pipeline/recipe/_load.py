@@ -34,10 +34,8 @@ def _describe(err: dict[str, Any]) -> str:
         return "required key is missing"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')}, got {got!r}"
-    if kind == "union_tag_invalid":
-        return f"unknown kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
-    if kind == "union_tag_not_found":
-        return "needs a `kind` key"
+    if kind in ("method_kind", "method_type"):  # raised by the recipe's method dispatch
+        return str(err["msg"])
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"must be an integer, got {got!r}"
     if kind in ("float_parsing", "float_type"):
@@ -68,7 +66,7 @@ def format_validation_error(exc: ValidationError, source: str = "recipe") -> str
     """All errors of a ValidationError, one line each, first line prefixed by the source."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("wsn", "tsn"))
+        loc = ".".join(str(p) for p in err["loc"])
         lines.append(f"{loc or '<top>'}: {_describe(err)}")
     return f"{source}: " + "; ".join(lines)
 

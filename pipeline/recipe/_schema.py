@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    SerializeAsAny,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
 STREAMS = (
     "permuted_mnist",
@@ -70,7 +82,61 @@ class ModelConfig(_Section):
     head_bias: bool = True
 
 
-class WSNMethod(_Section):
+class MethodConfig(_Section):
+    """Base of every ``method`` section; ``kind`` picks the registered method.
+
+    ``compresses_own_weights`` says whether the method's tasks go through the compression passes
+    (pruning, quantization) and so can be searched; methods that commit as trained say False.
+    """
+
+    compresses_own_weights: ClassVar[bool] = False
+    kind: str
+
+
+_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+def register_method_config(kind: str, config: type[MethodConfig]) -> None:
+    """Make ``method: {kind: <kind>, ...}`` validate into ``config`` (see pipeline.methods)."""
+    if not (isinstance(config, type) and issubclass(config, MethodConfig)):
+        raise TypeError(f"a method config must subclass MethodConfig, but got {config!r}.")
+    known = _METHOD_CONFIGS.get(kind)
+    if known is not None and known is not config:
+        raise ValueError(f"method kind {kind!r} is already registered to {known.__name__}.")
+    _METHOD_CONFIGS[kind] = config
+
+
+def method_kinds() -> tuple[str, ...]:
+    return tuple(_METHOD_CONFIGS)
+
+
+def _validate_method(v: Any, handler: ValidatorFunctionWrapHandler) -> MethodConfig:
+    if isinstance(v, MethodConfig):
+        return v
+    if not isinstance(v, dict):
+        raise PydanticCustomError("method_type", "must be a mapping with a `kind`")
+    kind = v.get("kind", "wsn")  # an omitted kind means WSN, the family's base
+    config = _METHOD_CONFIGS.get(kind) if isinstance(kind, str) else None
+    if config is None:
+        raise PydanticCustomError("method_kind", "unknown kind {kind}; expected one of {kinds}",
+                                  {"kinds": str(list(_METHOD_CONFIGS)), "kind": repr(kind)})
+    return config.model_validate({**v, "kind": kind})
+
+
+class _MethodSchema:
+    """JSON schema of ``method``: one of the registered method configs, by ``kind``."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"oneOf": [handler(c.__pydantic_core_schema__) for c in _METHOD_CONFIGS.values()]}
+
+
+MethodField = Annotated[SerializeAsAny[MethodConfig], WrapValidator(_validate_method),
+                        _MethodSchema]
+
+
+class WSNMethod(MethodConfig):
     """Winning SubNetworks: per-layer scores, top-c mask, earlier tasks' weights frozen."""
 
     kind: Literal["wsn"] = "wsn"
@@ -106,11 +172,12 @@ class QuantizeConfig(_Section):
         return sorted(set(v))
 
 
-class TSNMethod(_Section):
+class TSNMethod(MethodConfig):
     """TinySubNets: WSN training, then pruning and adaptive quantization of the task's own
     weights, committed into the packed store; ``split`` lets a task put its own code in the free
     bits of a position an earlier task holds."""
 
+    compresses_own_weights: ClassVar[bool] = True
     kind: Literal["tsn"] = "tsn"
     density: float = Field(default=0.5, gt=0, le=1, description="c: fraction of weights kept")
     policy: Literal["reuse_only", "split"] = "split"
@@ -118,7 +185,8 @@ class TSNMethod(_Section):
     quantize: QuantizeConfig = QuantizeConfig()
 
 
-Method = Annotated[WSNMethod | TSNMethod, Field(discriminator="kind")]
+register_method_config("wsn", WSNMethod)
+register_method_config("tsn", TSNMethod)
 
 
 class TrainConfig(_Section):
@@ -329,7 +397,7 @@ class Recipe(_Section):
     description: str = ""
     benchmark: BenchmarkConfig = BenchmarkConfig()
     model: ModelConfig = ModelConfig()
-    method: Method = WSNMethod()
+    method: MethodField = WSNMethod()
     train: TrainConfig = TrainConfig()
     compression: CompressionConfig = CompressionConfig()
     search: SearchConfig = SearchConfig()
@@ -339,17 +407,13 @@ class Recipe(_Section):
     export: ExportConfig = ExportConfig()
     output_dir: Path = Field(default=Path("mlruns/runs"), description="run folders go here")
 
-    @field_validator("method", mode="before")
-    @classmethod
-    def _method_kind_defaults_to_wsn(cls, v: object) -> object:
-        if isinstance(v, dict) and "kind" not in v:
-            return {"kind": "wsn", **v}
-        return v
-
     @model_validator(mode="after")
     def _unique_targets(self) -> Recipe:
         names = [t.name for t in self.targets]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"target names must be unique, got duplicates {dup}")
+        if self.search.enabled and not self.method.compresses_own_weights:
+            raise ValueError("search.enabled needs a method whose tasks are compressed "
+                             f"(e.g. method.kind: tsn), got {self.method.kind!r}")
         return self

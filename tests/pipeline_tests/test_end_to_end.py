@@ -73,7 +73,7 @@ def test_pmnist_run_tracks_parent_and_children_and_never_forgets(tmp_path: Path)
 ], ids=["wsn", "tsn-split", "tsn-reuse-block"])
 def test_store_is_bit_exact_and_old_logits_never_change(tmp_path: Path, monkeypatch,
                                                         method: list[str]) -> None:
-    import pipeline.runner as runner
+    import pipeline.stages as stages
     from pipeline.store import PackedStore
 
     recipe = _recipe(tmp_path, "tracking.enabled=false", *method)
@@ -103,11 +103,11 @@ def test_store_is_bit_exact_and_old_logits_never_change(tmp_path: Path, monkeypa
 def test_ctrl_c_ends_the_mlflow_run_as_killed(tmp_path: Path, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
-    import pipeline.runner as runner
+    import pipeline.stages as stages
 
     recipe = _recipe(tmp_path)
     calls = []
-    real = runner.train_task
+    real = stages.train_task
 
     def interrupt_second_task(method, task, data, cfg, bars=None):
         calls.append(task)
@@ -115,7 +115,7 @@ def test_ctrl_c_ends_the_mlflow_run_as_killed(tmp_path: Path, monkeypatch) -> No
             raise KeyboardInterrupt
         return real(method, task, data, cfg)
 
-    monkeypatch.setattr(runner, "train_task", interrupt_second_task)
+    monkeypatch.setattr(stages, "train_task", interrupt_second_task)
     tracker = build_tracker(recipe.tracking)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(recipe, tracker)

@@ -11,9 +11,9 @@ import torch
 from compilers import load_bundle
 from pipeline.cli import main
 from pipeline.data import build_stream
-from pipeline.evaluation import snapshot_logits
+from pipeline.evaluation import committed_snapshot, snapshot_logits
 from pipeline.recipe import load_recipe
-from pipeline.runner import committed_snapshot, run_recipe
+from pipeline.runner import run_recipe
 from pipeline.store import PackedStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.evaluation import snapshot_logits
 from pipeline.methods import WSN
 from pipeline.models import build_model
-from pipeline.recipe import ModelConfig, TrainConfig
+from pipeline.recipe import ModelConfig, TrainConfig, WSNMethod
 from pipeline.subnet import task_module
 from pipeline.train import train_task
 from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
@@ -18,7 +18,7 @@ from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
 @pytest.mark.parametrize("norm", ["none", "stateless", "per_task"])
 def test_plain_sequential_matches_snapshot(norm: str) -> None:
     model = tiny_mlp(norm=norm)
-    method = WSN(model, 0.5)
+    method = WSN(model, WSNMethod(density=0.5))
     for t in range(2):
         task = tiny_task(t)
         model.add_task(task.num_classes)
@@ -38,7 +38,7 @@ def test_plain_sequential_matches_snapshot(norm: str) -> None:
 def test_resnet_is_wrapped_whole() -> None:
     model = build_model(ModelConfig(arch="resnet18", width=4, norm="stateless"), (3, 32, 32))
     model.add_task(5)
-    method = WSN(model, 0.5)
+    method = WSN(model, WSNMethod(density=0.5))
     method.begin_task(0)
     method.end_task(0)
     snap = method.snapshot(0)

@@ -7,7 +7,7 @@ import torch
 from pipeline.compress import CompressContext, LayerResult, prune, quantize
 from pipeline.methods import TSN
 from pipeline.recipe import LayerPlan, TrainConfig, recipe_from_dict
-from pipeline.stages import task_tensors
+from pipeline.compress import task_tensors
 from pipeline.train import train_task
 from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
 

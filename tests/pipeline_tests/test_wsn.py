@@ -8,7 +8,7 @@ import torch
 from pipeline.evaluation import evaluate_live, snapshot_logits
 from pipeline.methods import WSN
 from pipeline.models import topc_mask
-from pipeline.recipe import TrainConfig
+from pipeline.recipe import TrainConfig, WSNMethod
 from pipeline.train import train_task
 from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
 
@@ -25,7 +25,7 @@ def _learn(method: WSN, t: int) -> None:
 @pytest.mark.parametrize("norm", ["none", "stateless", "per_task"])
 def test_old_task_logits_are_bit_identical_after_later_tasks(norm: str) -> None:
     model = tiny_mlp(norm=norm)
-    method = WSN(model, density=0.4)
+    method = WSN(model, WSNMethod(density=0.4))
     probe = torch.randn(20, 1, 1, 8, generator=torch.Generator().manual_seed(9))
     recorded = []
     for t in range(3):
@@ -38,7 +38,7 @@ def test_old_task_logits_are_bit_identical_after_later_tasks(norm: str) -> None:
 
 def test_frozen_weights_never_move_during_a_step() -> None:
     model = tiny_mlp()
-    method = WSN(model, density=0.5)
+    method = WSN(model, WSNMethod(density=0.5))
     _learn(method, 0)
     frozen = {n: m.weight.detach().clone() for n, m in model.masked_layers().items()}
     heads0 = [p.detach().clone() for p in model.heads[0].parameters()]
@@ -68,7 +68,7 @@ def test_frozen_weights_never_move_during_a_step() -> None:
 
 def test_masks_consolidation_and_counts() -> None:
     model = tiny_mlp()
-    method = WSN(model, density=0.3)
+    method = WSN(model, WSNMethod(density=0.3))
     union = {n: torch.zeros_like(m.weight, dtype=torch.bool)
              for n, m in model.masked_layers().items()}
     for t in range(3):
@@ -89,7 +89,7 @@ def test_masks_consolidation_and_counts() -> None:
 
 def test_best_state_is_restored() -> None:
     model = tiny_mlp()
-    method = WSN(model, density=0.5)
+    method = WSN(model, WSNMethod(density=0.5))
     task = tiny_task(0)
     model.add_task(task.num_classes)
     report = train_task(method, 0, task, TrainConfig(lr=0.05, epochs=4, batch_size=8,
@@ -100,7 +100,7 @@ def test_best_state_is_restored() -> None:
 
 
 def test_tasks_must_come_in_order_and_snapshot_needs_an_ended_task() -> None:
-    method = WSN(tiny_mlp(), density=0.5)
+    method = WSN(tiny_mlp(), WSNMethod(density=0.5))
     with pytest.raises(ValueError, match="tasks must come in order: expected 0, got 1"):
         method.begin_task(1)
     with pytest.raises(IndexError, match="task 0 has not ended"):

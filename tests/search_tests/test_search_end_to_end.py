@@ -40,11 +40,11 @@ def _recipe(tmp_path: Path, *extra: str):
 def test_pareto_fronts_are_in_mlflow(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from search import make_search_compressor
+    from search import SearchCompressor
 
     recipe = _recipe(tmp_path)
     result = run_recipe(recipe, build_tracker(recipe.tracking),
-                        compress=make_search_compressor(recipe))
+                        compressor=SearchCompressor(recipe))
     assert result.bwt == 0.0
     client = MlflowClient(tracking_uri=recipe.tracking.uri)
     exp = client.get_run(result.run_id).info.experiment_id

@@ -1,0 +1,39 @@
+"""A task's tensors between training and commit: its layers as trained, its head and norms."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.compress._tsn import LayerResult
+from pipeline.methods import TaskMasks
+from pipeline.models import ContinualNet
+
+__all__ = ["layers_on_held_positions", "load_task_tensors", "task_tensors", "trained_layers"]
+
+
+def task_tensors(model: ContinualNet, task: int) -> dict[str, torch.Tensor]:
+    """The task's own tensors (head, per-task norms), cloned, keyed like the state dict."""
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    return {n: state[n].detach().clone() for n in model.task_param_names(task)}
+
+
+def load_task_tensors(model: ContinualNet, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy a task's tensors (head, per-task norms) into the live model."""
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for k, v in tensors.items():
+            state[k].copy_(v)
+
+
+def trained_layers(model: ContinualNet, masks: TaskMasks) -> dict[str, LayerResult]:
+    """The task right after training: its masks and the live fp32 weights, per layer."""
+    return {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
+                           m.weight.detach().clone(), own_before=int(masks.own[n].sum()))
+            for n, m in model.masked_layers().items()}
+
+
+def layers_on_held_positions(layers: dict[str, LayerResult],
+                             held: dict[str, torch.Tensor]) -> set[str]:
+    """Layers with own values on positions earlier tasks hold (TSN's split): such a layer must
+    quantize, since its own codes have to fit the free bits of those positions."""
+    return {n for n, r in layers.items() if (r.own & held[n]).any()}

@@ -1,0 +1,84 @@
+"""The search as a ``Compressor``: per task, an Optuna study picks the plan that is committed."""
+
+from __future__ import annotations
+
+from pipeline.compress import (
+    CompressContext,
+    Compressed,
+    Compressor,
+    layers_on_held_positions,
+    load_task_tensors,
+    summarize,
+    task_tensors,
+    trained_layers,
+)
+from pipeline.errors import RecipeError
+from pipeline.recipe import Recipe
+from pipeline.session import Session, TaskContext
+from pipeline.targets import find_target
+from search._objective import LatencyFn, TaskProblem
+from search._publish import publish_task, retract_task
+from search._space import previous_plan, resolve_space
+
+__all__ = ["SearchCompressor"]
+
+
+class SearchCompressor(Compressor):
+    """Searches each task's plan with Optuna, using the pipeline's own compression passes.
+
+    Latency defaults to the model compiled for the recipe's search target (``search.target``,
+    else the first target), measured by ``compilers.measure`` and cached by structure. With
+    ``worker=True`` it only adds trials to a running study (``taskpack search --worker``) and
+    returns no layers: the run that owns the task selects and commits.
+    """
+
+    name = "search"
+
+    def __init__(self, recipe: Recipe, latency_fn: LatencyFn | None = None,
+                 worker: bool = False) -> None:
+        from search._latency import compiled_latency, realizability_labels
+
+        self.recipe = recipe
+        self.worker = worker
+        self.target_cfg = find_target(recipe, recipe.search.target)
+        cache_dir = recipe.output_dir.parent / "tvm-cache"
+        self.latency_fn = latency_fn or compiled_latency(self.target_cfg, cache_dir)
+        self._labels = realizability_labels
+
+    def compress(self, session: Session, ctx: TaskContext) -> Compressed:
+        from search._driver import search_task
+
+        s, recipe, t = session, session.recipe, ctx.index
+        if s.method.compression() is None:
+            raise RecipeError("search.enabled needs a method whose tasks are compressed "
+                              f"(e.g. method.kind: tsn), got {recipe.method.kind!r}")
+        cfg = recipe.search
+        trained = trained_layers(s.model, ctx.masks)
+        cctx = CompressContext(s.model, t, task_tensors(s.model, t), ctx.task,
+                               recipe.train.eval_batch_size)
+        reference = cctx.accuracy(trained)
+        space = resolve_space(cfg.space, list(trained))
+        narrow = sorted({b for sp in space.values() for b in sp.bits if b < 32})
+        problem = TaskProblem(
+            cctx, trained, s.store, layers_on_held_positions(trained, s.store.union_mask()),
+            reference, example=ctx.task.val.x[: cfg.latency_batch].contiguous(),
+            latency_fn=self.latency_fn, finetune_epochs=cfg.finetune_epochs,
+            lr=recipe.train.lr / 10, batch_size=recipe.train.batch_size,
+            seed=recipe.train.seed + t, quant_fallback=tuple(narrow) or (8,),
+            labels_fn=self._labels(self.target_cfg, s.model.layer_shapes()))
+        folder = s.run_dir / "search"
+        # workers (taskpack search --worker) start from the published task
+        outcome = search_task(problem, cfg, space, ctx.run, folder / f"task-{t}.journal",
+                              f"{recipe.name}-task-{t}", folder / f"task-{t}", ctx.bars,
+                              self.worker,
+                              warm=previous_plan(folder, t, space) if cfg.warm_start else None,
+                              on_ready=None if self.worker
+                              else lambda: publish_task(s, t, ctx.masks, ctx.run))
+        if self.worker:
+            return Compressed({}, outcome.stats)
+        retract_task(s, t)
+        layers, tensors, acc = problem.apply(outcome.plans)
+        load_task_tensors(s.model, tensors)
+        stats = {"acc_val_trained": reference, "acc_val_quantized": acc, **outcome.stats,
+                 **summarize(layers)}
+        return Compressed(layers, stats)
