@@ -1,0 +1,77 @@
+"""Contract tests every ``Compressor`` passes; the search's compressor subclasses this in
+tests/search_tests. A compressor returns, per layer, what the store can commit."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+
+from pipeline.compress import Compressed, Compressor, PlanCompressor
+from pipeline.methods import build_method
+from pipeline.progress import QUIET
+from pipeline.recipe import recipe_from_dict
+from pipeline.session import Session, TaskContext
+from pipeline.store import LayerCommit, PackedStore, TaskCommit
+from pipeline.tracking import NoopRun
+from pipeline.train import train_task
+from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
+
+
+class CompressorContract:
+    """Subclass with ``make`` returning the compressor and ``method`` naming a method section."""
+
+    method: ClassVar[dict] = {"kind": "tsn", "density": 0.5, "prune": {"steps": 2},
+                              "quantize": {"bits": [4, 8]}}
+
+    def make(self, recipe) -> Compressor:  # noqa: ANN001
+        raise NotImplementedError
+
+    def _session(self, tmp_path) -> tuple[Session, TaskContext]:  # noqa: ANN001
+        recipe = recipe_from_dict({"name": "c", "method": self.method,
+                                   "output_dir": str(tmp_path),
+                                   "compression": {"default": {"sparsity": 0.5, "bits": 4}}})
+        model = tiny_mlp(hidden=(32, 32))
+        method = build_method(model, recipe)
+        store = PackedStore.create(tmp_path / "s.tpk", model.layer_shapes(), "tiny", 32)
+        task = tiny_task(0, n=192)
+        model.add_task(task.num_classes)
+        method.begin_task(0, store)
+        train_task(method, 0, task, recipe.train.model_copy(update={"epochs": 2, "lr": 0.01}))
+        s = Session(recipe, None, model, method, tiny_mlp(), store, tmp_path)  # type: ignore[arg-type]
+        return s, TaskContext(task, method.end_task(0), QUIET, NoopRun())
+
+    def test_result_is_committable_and_within_the_trained_mask(self, tmp_path) -> None:  # noqa: ANN001
+        s, ctx = self._session(tmp_path)
+        out = self.make(s.recipe).compress(s, ctx)
+        assert isinstance(out, Compressed)
+        assert set(out.layers) == set(s.model.layer_shapes())
+        for name, r in out.layers.items():
+            assert not (r.mask & ~ctx.masks.mask[name]).any()  # never adds positions
+            assert not (r.own & ~r.mask).any()
+            assert all(isinstance(v, int | float) for v in out.stats.values())
+        s.store.commit(TaskCommit(0, {n: LayerCommit(r.mask, r.own, r.bits, r.values, r.codebook)
+                                      for n, r in out.layers.items()}, {}, {"name": "t"}))
+        mat = PackedStore.open(s.store.path).materialize(0)
+        for name, r in out.layers.items():  # the store holds exactly what was compressed
+            assert torch.equal(mat[name], torch.where(r.mask, r.values, 0.0))
+
+
+class TestPlanCompressor(CompressorContract):
+    def make(self, recipe) -> Compressor:  # noqa: ANN001
+        return PlanCompressor()
+
+    def test_a_method_without_passes_commits_as_trained(self, tmp_path) -> None:  # noqa: ANN001
+        self.method = {"kind": "wsn", "density": 0.5}
+        s, ctx = self._session(tmp_path)
+        out = PlanCompressor().compress(s, ctx)
+        assert out.stats == {}
+        for name, m in s.model.masked_layers().items():
+            assert out.layers[name].bits == 32
+            assert torch.equal(out.layers[name].values, m.weight.detach())
+
+
+def test_compressor_is_abstract() -> None:
+    with pytest.raises(TypeError):
+        Compressor()  # type: ignore[abstract]
