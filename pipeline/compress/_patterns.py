@@ -6,7 +6,7 @@ A layer's weight is viewed as a 2-D matrix [out, in * kh * kw]. A pattern splits
 - ``n:m``: groups of ``m`` consecutive inputs of one output; pruning keeps the ``n`` largest own
   weights of each group (a fixed sparsity of 1 - n/m, done in one step);
 - ``block(h,w)``: ``h`` x ``w`` tiles (h output rows by w inputs), the unit a block-sparse kernel
-  skips; 16x1 / 8x1 / 4x4 match the compiled kernels' loop order (DESIGN.md §5);
+  skips; 16x1 / 8x1 / 4x4 match the compiled kernels' loop order (docs/compilers.md);
 - ``channel``: whole output rows (neurons, filters), which shrink shapes.
 
 Pruning removes whole groups from the task's mask, shared positions in them included (the task

@@ -1,4 +1,4 @@
-"""Continual-learning task streams over MNIST-family and local image data sets (DESIGN.md §6).
+"""Continual-learning task streams over MNIST-family and local image data sets (docs/recipes.md).
 
 ``build_stream(cfg.benchmark)`` returns a lazy ``Stream``; ``stream.load(i)`` builds task ``i``
 with its train / val (carved from train) / test splits. ``fetch`` fills the data cache with the

@@ -1,4 +1,4 @@
-"""Backbones from the WSN/TSN papers, built from masked layers (methods.md §2.1 table)."""
+"""Backbones from the WSN/TSN papers, built from masked layers (docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -10,17 +10,22 @@ from pipeline.recipe._load import (
     recipe_to_dict,
     recipe_to_yaml,
 )
+from pipeline.recipe._methods import (
+    MethodConfig,
+    PruneConfig,
+    QuantizeConfig,
+    TSNMethod,
+    WSNMethod,
+    method_kinds,
+    register_method_config,
+)
 from pipeline.recipe._plan import plan_for_layers
 from pipeline.recipe._schema import (
     BenchmarkConfig,
     CompressionConfig,
-    ExportConfig,
     LayerPlan,
     LayerRule,
-    MethodConfig,
     ModelConfig,
-    PruneConfig,
-    QuantizeConfig,
     Recipe,
     SearchConfig,
     SearchConstraints,
@@ -30,16 +35,11 @@ from pipeline.recipe._schema import (
     TargetConfig,
     TrackingConfig,
     TrainConfig,
-    TSNMethod,
-    WSNMethod,
-    method_kinds,
-    register_method_config,
 )
 
 __all__ = [
     "BenchmarkConfig",
     "CompressionConfig",
-    "ExportConfig",
     "LayerPlan",
     "LayerRule",
     "MethodConfig",

@@ -1,4 +1,4 @@
-"""Packed weight store: every task's subnetwork in one versioned, checksummed file (DESIGN.md §4).
+"""Packed weight store: every task's subnetwork in one versioned, checksummed file.
 
 A committed task's value at each position of each prunable layer is zero, shared (the latest code
 an earlier task wrote there) or own (a new b-bit code in the position's free bits). The file

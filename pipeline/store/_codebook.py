@@ -4,7 +4,8 @@
 contiguous run of the sorted array, so one iteration is a ``searchsorted`` of the midpoints plus
 prefix sums (O(k log n)). The initialisation is a fixed function of the data (quantiles of the
 cube-root density), so the result is deterministic with no seed.
-Zeros are not special: callers pass the task's own values only (TSN flaw 6 in methods.md §3.3).
+Zeros are not special: callers pass the task's own values only (the public TSN code clusters
+zeros with them; docs/methods.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Store report: real bytes of the file per task, layer and component (DESIGN.md §4, §8).
+"""Store report: real bytes of the file per task, layer and component.
 
 Every byte of the file is counted exactly once: a task's masks, codes, codebooks and tensors
 sections by component (and, inside them, per layer), its meta section as metadata, and the header,

@@ -42,7 +42,7 @@ SLEEP_ENV = "TASKPACK_STORE_SLEEP_BEFORE_REPLACE"
 
 
 class PackedStore:
-    """A packed weight store file (DESIGN.md §4); build with :meth:`create` or :meth:`open`."""
+    """A packed weight store file; build with :meth:`create` or :meth:`open`."""
 
     def __init__(self, path: Path, data: bytes, sections: list[Section]) -> None:
         # Private: use create()/open(), which validate `data` before it gets here.

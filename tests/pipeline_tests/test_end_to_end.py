@@ -73,7 +73,8 @@ def test_pmnist_run_tracks_parent_and_children_and_never_forgets(tmp_path: Path)
 ], ids=["wsn", "tsn-split", "tsn-reuse-block"])
 def test_store_is_bit_exact_and_old_logits_never_change(tmp_path: Path, monkeypatch,
                                                         method: list[str]) -> None:
-    import pipeline.stages as stages
+    import pipeline.runner as runner
+    from pipeline.evaluation import committed_snapshot
     from pipeline.store import PackedStore
 
     recipe = _recipe(tmp_path, "tracking.enabled=false", *method)
@@ -81,15 +82,16 @@ def test_store_is_bit_exact_and_old_logits_never_change(tmp_path: Path, monkeypa
     recorded: list[list[torch.Tensor]] = []
     real_commit = runner.commit_task
 
-    def commit_and_record(s, task, layers, tensors, stats):
-        real_commit(s, task, layers, tensors, stats)
+    def commit_and_record(s, task, compressed, tensors):
+        real_commit(s, task, compressed, tensors)
+        layers = compressed.layers
         store = PackedStore.open(s.store.path)  # rebuilt from the file on disk
         weights = store.materialize(task.index)
         for name, r in layers.items():  # exactly the weights evaluated at commit time
             assert torch.equal(weights[name], torch.where(r.mask, r.values, 0.0)), name
         for name, value in tensors.items():
             assert torch.equal(weights[name], value), name
-        recorded.append([snapshot_logits(s.model, runner.committed_snapshot(store, j), j,
+        recorded.append([snapshot_logits(s.model, committed_snapshot(store, j), j,
                                          probe, 32) for j in range(task.index + 1)])
 
     monkeypatch.setattr(runner, "commit_task", commit_and_record)

@@ -1,13 +1,12 @@
-"""TSN compression invariants on tiny models (methods.md §3.4)."""
+"""TSN compression invariants on tiny models (docs/methods.md)."""
 
 from __future__ import annotations
 
 import torch
 
-from pipeline.compress import CompressContext, LayerResult, prune, quantize
+from pipeline.compress import CompressContext, LayerResult, prune, quantize, task_tensors
 from pipeline.methods import TSN
 from pipeline.recipe import LayerPlan, TrainConfig, recipe_from_dict
-from pipeline.compress import task_tensors
 from pipeline.train import train_task
 from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
 

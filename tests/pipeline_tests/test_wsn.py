@@ -1,4 +1,4 @@
-"""WSN invariants (methods.md §2 common invariants and §2.1)."""
+"""WSN invariants (docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,131 @@
+"""The ``method`` section: a config class per registered method, chosen by ``kind``.
+
+Methods register their config here (``pipeline.methods.register_method`` does it), so a recipe
+validates into the config of its ``kind`` and ``taskpack schema`` lists every registered one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    Field,
+    GetJsonSchemaHandler,
+    SerializeAsAny,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
+
+from pipeline.recipe._section import BITS, _Section
+
+__all__ = ["MethodConfig", "MethodField", "PruneConfig", "QuantizeConfig", "TSNMethod",
+           "WSNMethod", "method_kinds", "register_method_config"]
+
+
+class MethodConfig(_Section):
+    """Base of every ``method`` section; ``kind`` picks the registered method.
+
+    ``compresses_own_weights`` says whether the method's tasks go through the compression passes
+    (pruning, quantization) and so can be searched; methods that commit as trained say False.
+    """
+
+    compresses_own_weights: ClassVar[bool] = False
+    kind: str
+
+
+_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+
+def register_method_config(kind: str, config: type[MethodConfig]) -> None:
+    """Make ``method: {kind: <kind>, ...}`` validate into ``config`` (see pipeline.methods)."""
+    if not (isinstance(config, type) and issubclass(config, MethodConfig)):
+        raise TypeError(f"a method config must subclass MethodConfig, but got {config!r}.")
+    known = _METHOD_CONFIGS.get(kind)
+    if known is not None and known is not config:
+        raise ValueError(f"method kind {kind!r} is already registered to {known.__name__}.")
+    _METHOD_CONFIGS[kind] = config
+
+
+def method_kinds() -> tuple[str, ...]:
+    return tuple(_METHOD_CONFIGS)
+
+
+def _validate_method(v: Any, handler: ValidatorFunctionWrapHandler) -> MethodConfig:
+    if isinstance(v, MethodConfig):
+        return v
+    if not isinstance(v, dict):
+        raise PydanticCustomError("method_type", "must be a mapping with a `kind`")
+    kind = v.get("kind", "wsn")  # an omitted kind means WSN, the family's base
+    config = _METHOD_CONFIGS.get(kind) if isinstance(kind, str) else None
+    if config is None:
+        raise PydanticCustomError("method_kind", "unknown kind {kind}; expected one of {kinds}",
+                                  {"kinds": str(list(_METHOD_CONFIGS)), "kind": repr(kind)})
+    return config.model_validate({**v, "kind": kind})
+
+
+class _MethodSchema:
+    """JSON schema of ``method``: one of the registered method configs, by ``kind``."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _schema: core_schema.CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"oneOf": [handler(c.__pydantic_core_schema__) for c in _METHOD_CONFIGS.values()]}
+
+
+MethodField = Annotated[SerializeAsAny[MethodConfig], WrapValidator(_validate_method),
+                        _MethodSchema]
+
+
+class WSNMethod(MethodConfig):
+    """Winning SubNetworks: per-layer scores, top-c mask, earlier tasks' weights frozen."""
+
+    kind: Literal["wsn"] = "wsn"
+    density: float = Field(default=0.5, gt=0, le=1, description="c: fraction of weights kept")
+
+
+class PruneConfig(_Section):
+    """TSN fine-tuned pruning (docs/methods.md); targets come from the compression plan."""
+
+    delta: float = Field(default=0.2, ge=0, description="max validation accuracy drop, points")
+    steps: int = Field(default=20, ge=0, description="pruning steps, round-robin over layers")
+    step_fraction: float = Field(default=0.2, gt=0, le=1,
+                                 description="fraction of a layer's own weights one step removes")
+    finetune_epochs: int = Field(default=1, ge=0,
+                                 description="retrain surviving own weights after pruning")
+
+
+class QuantizeConfig(_Section):
+    """TSN adaptive non-linear quantization of own weights (docs/methods.md)."""
+
+    bits: list[int] = Field(default=[2, 3, 4, 6, 8], min_length=1,
+                            description="candidate bit-widths, tried in ascending order")
+    delta: float = Field(default=0.2, ge=0, description="max validation accuracy drop, points")
+    adaptive: bool = Field(default=True, description="False: use the plan's bits as given")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_ok(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if b not in BITS or b == 32]
+        if bad:
+            raise ValueError(f"must be taken from {list(BITS[:-1])}, got {bad}")
+        return sorted(set(v))
+
+
+class TSNMethod(MethodConfig):
+    """TinySubNets: WSN training, then pruning and adaptive quantization of the task's own
+    weights, committed into the packed store; ``split`` lets a task put its own code in the free
+    bits of a position an earlier task holds."""
+
+    compresses_own_weights: ClassVar[bool] = True
+    kind: Literal["tsn"] = "tsn"
+    density: float = Field(default=0.5, gt=0, le=1, description="c: fraction of weights kept")
+    policy: Literal["reuse_only", "split"] = "split"
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+
+
+register_method_config("wsn", WSNMethod)
+register_method_config("tsn", TSNMethod)
