@@ -13,6 +13,7 @@ from search._objective import Latency, LatencyFn, TaskProblem, TrialResult
 from search._select import Point, pareto_front, select
 from search._space import LayerSpace, previous_plan, resolve_space, suggest_plans
 from search._worker import publish_task, retract_task, run_worker
+from search.objectives import Objective, ScoreContext, register_objective
 
 if TYPE_CHECKING:
     from pipeline.runner import CompressFn
@@ -21,12 +22,15 @@ __all__ = [
     "Latency",
     "LatencyFn",
     "LayerSpace",
+    "Objective",
     "Point",
+    "ScoreContext",
     "TaskProblem",
     "TrialResult",
     "make_search_compressor",
     "run_worker",
     "pareto_front",
+    "register_objective",
     "resolve_space",
     "select",
     "suggest_plans",
