@@ -155,3 +155,27 @@ def test_guard_rules() -> None:
     # the dense plan breaks a constraint the trial meets: the trial is kept, with a warning
     point, why, fell = guard(_p(3, 2.0), "r", _p(DENSE, 1.0, feasible=False), _cfg())
     assert not fell and point.number == 3 and "which breaks the constraints" in why
+
+
+def test_search_table_shows_the_dense_reference() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from pipeline.report import search_table
+
+    base = {"search_chosen_val_acc": 97.0, "search_reference_val_acc": 97.5,
+            "search_chosen_latency_ms": 0.05, "search_chosen_bytes": 1000.0,
+            "search_trials": 4.0, "search_front_size": 2.0}
+    tasks = [SimpleNamespace(index=0, compression={**base, "search_chosen_trial": 3.0,
+                                                   "search_dense_latency_ms": 0.1,
+                                                   "search_speedup_vs_dense": 2.0}),
+             SimpleNamespace(index=1, compression={**base, "search_chosen_trial": -1.0,
+                                                   "search_fell_back_to_dense": 1.0,
+                                                   "search_dense_latency_ms": 0.05,
+                                                   "search_speedup_vs_dense": 1.0}),
+             SimpleNamespace(index=2, compression={**base, "search_chosen_trial": 1.0})]
+    console = Console(width=200, record=True)
+    console.print(search_table(SimpleNamespace(tasks=tasks)))
+    text = console.export_text()
+    assert "2.00x" in text and "dense (fallback)" in text and "0.100" in text
