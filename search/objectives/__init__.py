@@ -52,6 +52,7 @@ class Objective(ABC):
     metric: ClassVar[str]  # MLflow metric each trial run logs the value under
     stat: ClassVar[str]  # the task's stats key suffix: search_chosen_<stat>
     fmt: ClassVar[str] = ".4g"  # how the value is written in logs and reasons
+    constraint_name: ClassVar[str | None] = None  # the Optuna constraint's name, if any
 
     @abstractmethod
     def value(self, result: TrialResult, ctx: ScoreContext) -> float:
@@ -66,8 +67,6 @@ class Objective(ABC):
         """The constraint value for ``value`` under ``limits`` (<= 0 satisfied), None if the
         recipe sets no limit on this objective."""
         return None
-
-    constraint_name: ClassVar[str | None] = None  # Optuna/user_attrs name of the constraint
 
     def better(self, a: float, b: float) -> bool:
         """``a`` is strictly better than ``b``."""
