@@ -82,6 +82,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.recipe import load_recipe
 
     r = load_recipe(args.recipe, args.overrides)
+    if r.search.enabled:  # the search's own checks (registered objectives, target)
+        from search import SearchCompressor
+
+        SearchCompressor.check(r)
     print(f"ok: {r.name}: stream {r.benchmark.stream} ({r.benchmark.tasks or 'all'} tasks), "
           f"model {r.model.arch}, method {r.method.kind}, targets "
           f"{', '.join(t.name for t in r.targets)}")

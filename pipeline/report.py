@@ -85,19 +85,27 @@ def summary_table(result: RunResult) -> Table:
 
 
 def search_table(result: RunResult) -> Table:
-    """The point the search chose per task (measured on the compiled model)."""
+    """The point the search chose per task (measured on the compiled model), against the dense
+    reference (the task as trained, measured the same way); trial "dense" = the dense plan."""
     table = Table(title="search: chosen point per task")
-    for col in ("task", "trial", "val acc", "acc drop", "latency ms", "bytes", "trials",
-                "front"):
+    for col in ("task", "trial", "val acc", "acc drop", "latency ms", "dense ms", "vs dense",
+                "bytes", "trials", "front"):
         table.add_column(col, justify="right")
     for rec in result.tasks:
         c = rec.compression
         if "search_chosen_trial" not in c:
             continue
-        table.add_row(str(rec.index), f"{c['search_chosen_trial']:.0f}",
+        dense_ms = c.get("search_dense_latency_ms", math.nan)
+        speedup = c.get("search_speedup_vs_dense", math.nan)
+        trial = "dense" if c["search_chosen_trial"] < 0 else f"{c['search_chosen_trial']:.0f}"
+        if c.get("search_fell_back_to_dense", 0.0):
+            trial += " (fallback)"
+        table.add_row(str(rec.index), trial,
                       f"{c['search_chosen_val_acc']:.2f}",
                       f"{c['search_reference_val_acc'] - c['search_chosen_val_acc']:+.2f}",
                       f"{c['search_chosen_latency_ms']:.3f}",
+                      "-" if math.isnan(dense_ms) else f"{dense_ms:.3f}",
+                      "-" if math.isnan(speedup) else f"{speedup:.2f}x",
                       f"{c['search_chosen_bytes']:,.0f}", f"{c['search_trials']:.0f}",
                       f"{c['search_front_size']:.0f}")
     return table

@@ -13,18 +13,22 @@ from search._objective import Latency, LatencyFn, TaskProblem, TrialResult
 from search._select import Point, pareto_front, select
 from search._space import LayerSpace, resolve_space, suggest_plans
 from search._worker import run_worker
+from search.objectives import Objective, ScoreContext, register_objective
 
 __all__ = [
     "Latency",
     "LatencyFn",
     "LayerSpace",
+    "Objective",
     "Point",
+    "ScoreContext",
     "SearchCompressor",
     "TaskProblem",
     "TrialResult",
     "make_search_compressor",
     "run_worker",
     "pareto_front",
+    "register_objective",
     "resolve_space",
     "select",
     "suggest_plans",

@@ -19,6 +19,7 @@ from pipeline.targets import find_target
 from search._objective import LatencyFn, TaskProblem
 from search._publish import publish_task, retract_task
 from search._space import previous_plan, resolve_space
+from search.objectives import resolve
 
 __all__ = ["SearchCompressor"]
 
@@ -38,12 +39,23 @@ class SearchCompressor(Compressor):
                  worker: bool = False) -> None:
         from search._latency import compiled_latency, realizability_labels
 
+        self.check(recipe)
         self.recipe = recipe
         self.worker = worker
         self.target_cfg = find_target(recipe, recipe.search.target)
         cache_dir = recipe.output_dir.parent / "tvm-cache"
         self.latency_fn = latency_fn or compiled_latency(self.target_cfg, cache_dir)
         self._labels = realizability_labels
+
+    @staticmethod
+    def check(recipe: Recipe) -> None:
+        """What the schema cannot check (it does not know the search): the objectives the recipe
+        names are registered, the search target exists. Raises ``RecipeError``."""
+        try:
+            resolve(recipe.search.objectives)
+        except ValueError as e:
+            raise RecipeError(f"search.objectives: {e}") from None
+        find_target(recipe, recipe.search.target)
 
     def compress(self, session: Session, ctx: TaskContext) -> Compressed:
         from search._driver import search_task

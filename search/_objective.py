@@ -82,7 +82,8 @@ class TaskProblem:
         ctx.task_tensors = {k: v.clone() for k, v in self.ctx.task_tensors.items()}
         prune(ctx, layers, plans, delta=math.inf, steps=len(plans), step_fraction=1.0,
               gated=False)
-        if self.finetune_epochs:
+        # nothing pruned (the dense reference): nothing to recover, the task stays as trained
+        if self.finetune_epochs and any(p.sparsity > 0 for p in plans.values()):
             finetune_own(ctx, layers, self.finetune_epochs, self.lr, self.batch_size, self.seed)
         quantize(ctx, layers, plans, list(self.quant_fallback), delta=math.inf, adaptive=False,
                  required=self.split_layers)

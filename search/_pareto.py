@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from search._select import Point, pareto_front
+from search.objectives import registered
 
 
 def write_front(points: list[Point], chosen: Point | None, plans: dict[int, dict],
-                folder: Path, title: str) -> list[Path]:
+                folder: Path, title: str, objectives: Sequence[str] | None = None) -> list[Path]:
+    """``pareto.csv`` (a column per registered objective, named by its metric; the dense
+    reference is the row with trial -1), ``pareto.png`` and ``pareto.html``."""
     folder.mkdir(parents=True, exist_ok=True)
-    front = {p.number for p in pareto_front([p for p in points if p.feasible])}
-    rows = [{"trial": p.number, "val_accuracy": p.accuracy, "latency_ms": p.latency_ms,
-             "bytes": int(p.nbytes), "feasible": p.feasible, "pareto": p.number in front,
+    front = {p.number for p in pareto_front([p for p in points if p.feasible], objectives)}
+    rows = [{"trial": p.number, "dense": p.dense,
+             **{o.metric: p.score(name) for name, o in registered().items()},
+             "feasible": p.feasible, "pareto": p.number in front,
              "chosen": chosen is not None and p.number == chosen.number,
-             "plan": json.dumps(plans.get(p.number, {}), sort_keys=True)} for p in points]
+             "plan": json.dumps(plans.get(p.number, {}), sort_keys=True),
+             # the plotted axes and colour
+             "_ms": p.latency_ms, "_acc": p.accuracy, "_bytes": p.nbytes} for p in points]
     csv_path = folder / "pareto.csv"
     with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
+        names = [k for k in rows[0] if not k.startswith("_")] if rows else ["trial"]
+        w = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     return [csv_path, _png(rows, folder / "pareto.png", title),
@@ -36,14 +44,17 @@ def _png(rows: list[dict], path: Path, title: str) -> Path:
     for group, style in ((False, dict(marker="x", color="lightgray", label="dominated")),
                          (True, dict(marker="o", color="tab:blue", label="Pareto front"))):
         pts = [r for r in rows if r["pareto"] == group and r["feasible"]]
-        ax.scatter([r["latency_ms"] for r in pts], [r["val_accuracy"] for r in pts], **style)
+        ax.scatter([r["_ms"] for r in pts], [r["_acc"] for r in pts], **style)
     bad = [r for r in rows if not r["feasible"]]
     if bad:
-        ax.scatter([r["latency_ms"] for r in bad], [r["val_accuracy"] for r in bad], marker=".",
+        ax.scatter([r["_ms"] for r in bad], [r["_acc"] for r in bad], marker=".",
                    color="tab:red", label="infeasible")
     for r in rows:
+        if r["dense"]:
+            ax.scatter([r["_ms"]], [r["_acc"]], marker="D", color="black",
+                       label="dense reference (no pruning, fp32)")
         if r["chosen"]:
-            ax.scatter([r["latency_ms"]], [r["val_accuracy"]], s=160, facecolors="none",
+            ax.scatter([r["_ms"]], [r["_acc"]], s=160, facecolors="none",
                        edgecolors="tab:green", linewidths=2, label=f"chosen (trial {r['trial']})")
     ax.set_xlabel("latency (ms, measured on the compiled model)")
     ax.set_ylabel("validation accuracy (%)")
@@ -62,15 +73,16 @@ def _html(rows: list[dict], path: Path, title: str) -> Path:
     for name, pick, symbol in (("dominated", lambda r: r["feasible"] and not r["pareto"], "x"),
                                ("Pareto front", lambda r: r["pareto"], "circle"),
                                ("infeasible", lambda r: not r["feasible"], "triangle-down"),
-                               ("chosen", lambda r: r["chosen"], "star")):
+                               ("chosen", lambda r: r["chosen"], "star"),
+                               ("dense reference", lambda r: r["dense"], "diamond")):
         pts = [r for r in rows if pick(r)]
         fig.add_trace(go.Scatter(
-            x=[r["latency_ms"] for r in pts], y=[r["val_accuracy"] for r in pts], mode="markers",
+            x=[r["_ms"] for r in pts], y=[r["_acc"] for r in pts], mode="markers",
             name=name, marker={"symbol": symbol, "size": 14 if name == "chosen" else 9,
-                               "color": [r["bytes"] for r in pts], "colorscale": "Viridis",
+                               "color": [r["_bytes"] for r in pts], "colorscale": "Viridis",
                                "showscale": name == "Pareto front",
                                "colorbar": {"title": "bytes"}},
-            text=[f"trial {r['trial']}<br>bytes {r['bytes']}<br>{r['plan']}" for r in pts],
+            text=[f"trial {r['trial']}<br>bytes {r['_bytes']}<br>{r['plan']}" for r in pts],
             hoverinfo="text+x+y"))
     fig.update_layout(title=title, xaxis_title="latency (ms, compiled)",
                       yaxis_title="validation accuracy (%)")

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import RecipeError
-from pipeline.recipe import LayerPlan
-from pipeline.recipe._schema import SearchSpaceRule
+from pipeline.recipe import LayerPlan, SearchSpaceRule
 
 
 @dataclass(frozen=True)

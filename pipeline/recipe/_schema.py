@@ -209,8 +209,9 @@ class SearchConfig(_Section):
                                 description="None: a journal file under the run folder; or an "
                                             "RDB URL shared by several workers")
     space: list[SearchSpaceRule] = Field(default=[SearchSpaceRule()], min_length=1)
-    objectives: list[Literal["accuracy", "latency", "bytes"]] = Field(
-        default=["accuracy", "latency", "bytes"], min_length=1)
+    objectives: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]] = Field(
+        default=["accuracy", "latency", "bytes"], min_length=1,
+        description="registered search objectives (built in: accuracy, latency, bytes)")
     constraints: SearchConstraints = SearchConstraints()
     selection: SelectionConfig = SelectionConfig()
     finetune_epochs: int = Field(default=0, ge=0, description="own-weight fine-tune per trial")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.recipe._schema import TargetConfig
+from pipeline.recipe import TargetConfig
 from search._latency import compiled_latency
 
 pytestmark = pytest.mark.tvm

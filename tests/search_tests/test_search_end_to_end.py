@@ -50,32 +50,55 @@ def test_pareto_fronts_are_in_mlflow(tmp_path: Path) -> None:
     exp = client.get_run(result.run_id).info.experiment_id
     tasks = client.search_runs([exp], f"tags.mlflow.parentRunId = '{result.run_id}'")
     assert sorted(r.info.run_name for r in tasks) == ["task-0", "task-1"]
+    chosen_trial = {}
     for task_run in tasks:
-        trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{task_run.info.run_id}'")
+        children = client.search_runs([exp],
+                                      f"tags.mlflow.parentRunId = '{task_run.info.run_id}'")
+        trials = [r for r in children if r.info.run_name.startswith("trial-")]
         assert sorted(r.info.run_name for r in trials) == [f"trial-{i}" for i in range(4)]
-        for r in trials:
+        # the dense reference: measured like a trial, outside the trial budget
+        (ref,) = [r for r in children if r.info.run_name == "dense-reference"]
+        assert ref.data.tags["taskpack.reference"] == "dense"
+        assert ref.data.params["backbone.1.sparsity"] == "0.0"
+        assert ref.data.params["backbone.1.bits"] == "32"
+        for r in [*trials, ref]:
             m = r.data.metrics
             assert {"val_accuracy", "latency_median_ms", "latency_p90_ms",
                     "store_bytes"} <= m.keys()
             assert m["latency_median_ms"] > 0 and m["store_bytes"] > 0
             assert r.data.tags["pareto"] in ("true", "false")
-            assert r.data.params["backbone.1.pattern"] in ("unstructured", "block(16,1)")
             assert r.data.tags["label.backbone.1"] in ("speed-realizable", "storage-only")
-        chosen = [r for r in trials if r.data.tags.get("chosen") == "true"]
-        assert len(chosen) == 1 and chosen[0].data.tags["pareto"] == "true"
-        assert task_run.data.tags["search.chosen_trial"] == chosen[0].info.run_name.split("-")[1]
+        for r in trials:
+            assert r.data.params["backbone.1.pattern"] in ("unstructured", "block(16,1)")
+        chosen = [r for r in [*trials, ref] if r.data.tags.get("chosen") == "true"]
+        assert len(chosen) == 1
+        fell_back = task_run.data.tags["search.fell_back_to_dense"] == "true"
+        m = task_run.data.metrics
+        assert m["search_fell_back_to_dense"] == float(fell_back)
+        assert m["search_dense_latency_ms"] == ref.data.metrics["latency_median_ms"]
+        if chosen[0] is ref:
+            assert task_run.data.tags["search.chosen_trial"] == "-1"
+            assert m["search_speedup_vs_dense"] == 1.0
+        else:
+            assert not fell_back and chosen[0].data.tags["pareto"] == "true"
+            number = chosen[0].info.run_name.split("-")[1]
+            assert task_run.data.tags["search.chosen_trial"] == number
+            # never slower than the task as trained
+            assert m["search_chosen_latency_ms"] < m["search_dense_latency_ms"]
+            assert m["search_speedup_vs_dense"] > 1.0
+        chosen_trial[task_run.info.run_name] = chosen[0]
         assert "search.reason" in task_run.data.tags
         files = {a.path for a in client.list_artifacts(task_run.info.run_id, "pareto")}
         assert files == {"pareto/pareto.csv", "pareto/pareto.png", "pareto/pareto.html",
                          "pareto/chosen.json"}
-    # warm start: task 1's first trial is the plan task 0 committed
+    # warm start: task 1's first trial is the plan task 0 committed (none after the dense plan)
     by_name = {r.info.run_name: r for r in tasks}
     trials_1 = client.search_runs([exp], f"tags.mlflow.parentRunId = "
                                   f"'{by_name['task-1'].info.run_id}'")
-    chosen_0 = client.search_runs([exp], f"tags.mlflow.parentRunId = "
-                                  f"'{by_name['task-0'].info.run_id}' and tags.chosen = 'true'")
     first_1 = next(r for r in trials_1 if r.info.run_name == "trial-0")
-    assert first_1.data.params == chosen_0[0].data.params
+    chosen_0 = chosen_trial["task-0"]
+    if chosen_0.info.run_name != "dense-reference":
+        assert first_1.data.params == chosen_0.data.params
 
 
 def _cli(out: Path) -> subprocess.Popen:

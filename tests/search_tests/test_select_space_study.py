@@ -8,18 +8,34 @@ import optuna
 import pytest
 
 from pipeline.errors import RecipeError
-from pipeline.recipe import LayerPlan
-from pipeline.recipe._schema import SearchSpaceRule
+from pipeline.recipe import LayerPlan, SearchSpaceRule
 from search import Point, pareto_front, resolve_space, select, suggest_plans
 from search._space import previous_plan
 from search._study import enqueue_first, finished, make_sampler, open_storage, open_study
 
-PTS = [Point(0, 98.0, 1.0, 100), Point(1, 97.0, 0.5, 100), Point(2, 96.0, 0.5, 100),
-       Point(3, 97.5, 0.7, 50), Point(4, 99.0, 2.0, 200, feasible=False)]
+
+def _pt(number: int, acc: float, ms: float, nbytes: float, feasible: bool = True,
+        violation: float = 0.0) -> Point:
+    return Point(number, {"accuracy": acc, "latency": ms, "bytes": nbytes}, feasible, violation)
+
+
+PTS = [_pt(0, 98.0, 1.0, 100), _pt(1, 97.0, 0.5, 100), _pt(2, 96.0, 0.5, 100),
+       _pt(3, 97.5, 0.7, 50), _pt(4, 99.0, 2.0, 200, feasible=False)]
 
 
 def test_pareto_front() -> None:
     assert {p.number for p in pareto_front(PTS[:4])} == {0, 1, 3}
+    # over the configured objectives only, each in its registered direction
+    assert {p.number for p in pareto_front(PTS[:4], ["accuracy", "bytes"])} == {0, 3}
+    assert {p.number for p in pareto_front(PTS[:4], ["latency"])} == {1, 2}
+
+
+def test_knee_reads_directions_from_the_registry() -> None:
+    # 0 is best on accuracy and bytes, 1 best on latency: the knee over (accuracy, bytes) is 0,
+    # over (latency,) the fastest with the lowest number
+    pts = [_pt(0, 99.0, 2.0, 10), _pt(1, 90.0, 0.5, 100)]
+    assert select(pts, "knee", None, 99.0, ["accuracy", "bytes"])[0].number == 0
+    assert select(pts, "knee", None, 99.0, ["latency"])[0].number == 1
 
 
 def test_policies() -> None:
@@ -33,7 +49,7 @@ def test_policies() -> None:
     assert p.number == 3
     p, why = select(PTS, "knee", None, 98.0)
     assert p.number in {0, 1, 3} and why.startswith("knee")
-    infeasible = [Point(7, 90.0, 1.0, 10, False, 2.5), Point(8, 91.0, 1.0, 10, False, 0.5)]
+    infeasible = [_pt(7, 90.0, 1.0, 10, False, 2.5), _pt(8, 91.0, 1.0, 10, False, 0.5)]
     p, why = select(infeasible, "knee", None, 98.0)
     assert p.number == 8 and "no trial met the constraints" in why
     with pytest.raises(ValueError, match="no finished trial"):
