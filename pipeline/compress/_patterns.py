@@ -18,32 +18,9 @@ own weights removed.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class Pattern:
-    kind: str  # unstructured | nm | block | channel
-    a: int = 1  # n (n:m) or h (block)
-    b: int = 1  # m (n:m) or w (block)
-
-    @classmethod
-    def parse(cls, text: str) -> Pattern:
-        text = text.replace(" ", "")
-        if text in ("unstructured", "channel"):
-            return cls(text)
-        if m := re.fullmatch(r"(\d+):(\d+)", text):
-            return cls("nm", int(m.group(1)), int(m.group(2)))
-        if m := re.fullmatch(r"block\((\d+),(\d+)\)", text):
-            return cls("block", int(m.group(1)), int(m.group(2)))
-        raise ValueError(f"pattern must be unstructured, channel, n:m or block(h,w), got {text!r}")
-
-    def __str__(self) -> str:
-        return {"nm": f"{self.a}:{self.b}", "block": f"block({self.a},{self.b})"}.get(
-            self.kind, self.kind)
+from pipeline.recipe import Pattern
 
 
 def group_ids(shape: tuple[int, ...], pattern: Pattern) -> torch.Tensor:

@@ -19,6 +19,7 @@ from pipeline.recipe._methods import (
     method_kinds,
     register_method_config,
 )
+from pipeline.recipe._pattern import Pattern
 from pipeline.recipe._plan import plan_for_layers
 from pipeline.recipe._schema import (
     BenchmarkConfig,
@@ -43,6 +44,7 @@ __all__ = [
     "LayerPlan",
     "LayerRule",
     "MethodConfig",
+    "Pattern",
     "ModelConfig",
     "PruneConfig",
     "QuantizeConfig",

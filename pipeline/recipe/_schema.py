@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.recipe._methods import MethodField, WSNMethod
+from pipeline.recipe._pattern import Pattern
 from pipeline.recipe._section import BITS, _Section
 
 STREAMS = (
@@ -26,7 +27,6 @@ STREAMS = (
     "tinyimagenet",
 )
 ARCHS = ("mlp", "alexnet", "resnet18", "tinynet")
-_PATTERN = re.compile(r"^(unstructured|channel|(\d+):(\d+)|block\((\d+),\s*(\d+)\))$")
 
 
 class BenchmarkConfig(_Section):
@@ -105,16 +105,7 @@ class LayerPlan(_Section):
     @field_validator("pattern")
     @classmethod
     def _pattern_ok(cls, v: str) -> str:
-        m = _PATTERN.match(v.strip())
-        if not m:
-            raise ValueError(
-                f"must be unstructured, channel, n:m or block(h,w), got {v!r}"
-            )
-        if m.group(2) is not None and not 0 < int(m.group(2)) <= int(m.group(3)):
-            raise ValueError(f"n:m needs 0 < n <= m, got {v!r}")
-        if m.group(4) is not None and (int(m.group(4)) < 1 or int(m.group(5)) < 1):
-            raise ValueError(f"block(h,w) needs h, w >= 1, got {v!r}")
-        return v.replace(" ", "")
+        return str(Pattern.parse(v))
 
     @field_validator("bits")
     @classmethod

@@ -23,7 +23,7 @@ def _recipe(tmp_path: Path, *extra: str):
     return load_recipe(REPO / "recipes/quickstart.yaml", [
         "benchmark.train_limit=2000", "benchmark.test_limit=500", "train.epochs=2",
         "train.batch_size=32", "benchmark.val_fraction=0.05",
-        "model.hidden=[100, 100]", f"output_dir={tmp_path / 'runs'}",
+        "model.hidden=[100, 100]", "search.enabled=false", f"output_dir={tmp_path / 'runs'}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlruns/mlflow.db'}",
         f"tracking.artifact_location={tmp_path / 'mlruns/artifacts'}", *extra])
 

@@ -15,8 +15,12 @@ ALL = torch.ones(4, 8, dtype=torch.bool)
 def test_parse_and_str() -> None:
     assert Pattern.parse("block(16, 1)") == Pattern("block", 16, 1)
     assert str(Pattern.parse("2:4")) == "2:4"
-    with pytest.raises(ValueError, match="pattern must be"):
+    with pytest.raises(ValueError, match="must be unstructured, channel, n:m or block"):
         Pattern.parse("diagonal")
+    with pytest.raises(ValueError, match="n:m needs 0 < n <= m, got '5:4'"):
+        Pattern.parse("5:4")
+    with pytest.raises(ValueError, match=r"block\(h,w\) needs h, w >= 1"):
+        Pattern.parse("block(0,4)")
 
 
 def test_group_ids() -> None:
