@@ -24,6 +24,7 @@ class CompressorContract:
 
     method: ClassVar[dict] = {"kind": "tsn", "density": 0.5, "prune": {"steps": 2},
                               "quantize": {"bits": [4, 8]}}
+    extra: ClassVar[dict] = {}  # more recipe sections, e.g. ``search``
 
     def make(self, recipe) -> Compressor:  # noqa: ANN001
         raise NotImplementedError
@@ -31,7 +32,8 @@ class CompressorContract:
     def _session(self, tmp_path) -> tuple[Session, TaskContext]:  # noqa: ANN001
         recipe = recipe_from_dict({"name": "c", "method": self.method,
                                    "output_dir": str(tmp_path),
-                                   "compression": {"default": {"sparsity": 0.5, "bits": 4}}})
+                                   "compression": {"default": {"sparsity": 0.5, "bits": 4}},
+                                   **self.extra})
         model = tiny_mlp(hidden=(32, 32))
         method = build_method(model, recipe)
         store = PackedStore.create(tmp_path / "s.tpk", model.layer_shapes(), "tiny", 32)

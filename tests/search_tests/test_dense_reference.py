@@ -15,10 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.compress import CompressContext
+from pipeline.compress import CompressContext, task_tensors, trained_layers
 from pipeline.methods import TSN
 from pipeline.recipe import LayerPlan, SearchConfig, TrainConfig, recipe_from_dict
-from pipeline.stages import task_tensors, trained_layers
 from pipeline.store import PackedStore
 from pipeline.tracking import NoopRun
 from pipeline.train import train_task
