@@ -17,8 +17,8 @@ logging all read this registry, so adding an objective is one ``@register_object
         def value(self, result, ctx):
             return result.latency.median_ms * WATTS
 
-(The recipe schema still lists the allowed names as a ``Literal``; a new name must be added
-there too before a recipe can ask for it.)
+A recipe may name any registered objective; ``SearchCompressor.check`` rejects unknown names
+before any task trains.
 """
 
 from __future__ import annotations
