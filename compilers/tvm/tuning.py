@@ -5,7 +5,7 @@ database per (TVM version, target code-generation settings) is reused across tri
 a layer shape tuned once is never tuned again, and building an already-tuned model only applies
 the records (well under 2 s). Folder: ``<cache_dir>/tvm-<version>/<arch>-<target key>/``.
 
-Small-batch dense workloads also get the fixed GEMV schedule of :mod:`compilers.dense_schedule`
+Small-batch dense workloads also get the fixed GEMV schedule of :mod:`compilers.tvm.dense_schedule`
 as a measured candidate, so the database's best record (MetaSchedule's or that one) is what a
 build applies; :meth:`TuningDatabase.schedule_sources` says which won for each workload.
 """
@@ -19,10 +19,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ._tvm import load
+from ..errors import BuildFailed
+from ..targets import Target
+from ._api import load
 from .dense_schedule import GEMV_MARK, gemv_schedule, is_gemv_record
-from .errors import BuildFailed
-from .targets import Target
 
 __all__ = ["GEMV_MARK", "TuningDatabase", "gemv_schedule"]
 
