@@ -5,7 +5,8 @@ maximum concurrency to ``len(cpus)`` (1 takes the serial launch path: no pool wa
 the pool's used workers to ``n``. The pool is thread-local and sized when first created, so the
 first call in a thread configures every core (creating the pool at full size) before narrowing it.
 ``TVM_NUM_THREADS`` is not enough for a per-model setting: it is read only while nothing has been
-configured, and the pool keeps the size it was created with.
+configured, and the pool keeps the size it was created with. TVM also re-binds the calling thread's
+CPU affinity when it configures the pool; that is undone (see ``_keep_affinity``).
 
 Noise: TVM 0.27 logs ``Scope Saving:`` / ``Scope Loaded:`` (``LOG(WARNING)`` straight to
 ``std::cerr`` in src/runtime/vm/executable.cc, one line per constant, empty scope) whenever a Relax
@@ -49,11 +50,30 @@ def set_threads(n: int, session: Any = None) -> None:  # noqa: ANN401 - an RPC s
     if _configured.get(tid) == n:
         return
     fn = config_threadpool()
-    if tid not in _configured:  # the first configuration creates the pool: at full size
-        cores = max(all_cores(), n)
-        fn(_BIG_CORES, cores, _cpus(cores))
-    fn(_BIG_CORES, n, _cpus(n))
+    with _keep_affinity():
+        if tid not in _configured:  # the first configuration creates the pool: at full size
+            cores = max(all_cores(), n)
+            fn(_BIG_CORES, cores, _cpus(cores))
+        fn(_BIG_CORES, n, _cpus(n))
     _configured[tid] = n
+
+
+@contextlib.contextmanager
+def _keep_affinity() -> Iterator[None]:
+    """Restore the calling thread's CPU affinity after TVM reconfigured its pool.
+
+    TVM binds the calling ("main") thread to its first ``n`` cores when it configures the pool
+    (``SetMainThreadFullCpuAffinity``); at 1 thread that pinned the whole Python main thread, and
+    with it torch, to core 0. TVM's worker threads keep the binding TVM gives them.
+    """
+    if not hasattr(os, "sched_getaffinity"):  # pragma: no cover - not Linux
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 @contextlib.contextmanager

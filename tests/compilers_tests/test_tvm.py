@@ -159,3 +159,15 @@ def test_unreachable_tracker_is_device_lost(tmp_path) -> None:  # noqa: ANN001
     compiled.rpc_retries, compiled.rpc_timeout_s = 0, 10
     with pytest.raises(DeviceLost, match="reachable through the tracker"):
         compiled.run(torch.randn(1, 32))
+
+
+def test_thread_setting_keeps_the_callers_cpu_affinity() -> None:
+    """TVM re-binds the configuring thread: at 1 thread it pinned Python (and torch) to core 0."""
+    import os
+
+    from compilers.tvm.runtime import set_threads
+
+    before = os.sched_getaffinity(0)
+    for n in (1, max(2, len(before)), 1):
+        set_threads(n)
+        assert os.sched_getaffinity(0) == before
