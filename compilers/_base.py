@@ -9,7 +9,6 @@ Every compile takes one :class:`CompileOptions` value.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +47,6 @@ class CompileOptions:
             raise ValueError(f"`threads >= 1` must hold (or None), but got {self.threads}.")
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
-
-    @classmethod
-    def of(cls, transforms: Sequence[str] = (), **kwargs: object) -> CompileOptions:
-        return cls(transforms=tuple(transforms), **kwargs)  # type: ignore[arg-type]
 
     def requested_threads(self, target: Target) -> int | None:
         """The explicit thread count: these options', else the target's, else None."""

@@ -44,7 +44,9 @@ def _cpus(n: int) -> list[str]:
 def set_threads(n: int, session: Any = None) -> None:  # noqa: ANN401 - an RPC session
     """Make TVM run the next calls (in this thread, or on ``session``'s device) on n threads."""
     if session is not None:
-        session.get_function("runtime.config_threadpool")(_BIG_CORES, n, _cpus(n))
+        # An array cannot cross TVM 0.27's RPC (ffi.Array): the remote pool gets the worker
+        # count only (its max concurrency stays the device's default).
+        session.get_function("runtime.config_threadpool")(_BIG_CORES, n)
         return
     tid = threading.get_ident()
     if _configured.get(tid) == n:

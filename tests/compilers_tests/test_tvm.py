@@ -128,11 +128,13 @@ def test_rpc_loopback_measurement(tmp_path) -> None:  # noqa: ANN001
     farm = start_loopback(key="taskpack-test")
     try:
         model, x = block_sparse_mlp(), torch.randn(1, 32)
-        compiled = get_compiler("tvm").compile(model, x, farm.target(),
+        compiled = get_compiler("tvm").compile(
+            model, x, farm.target(),
             CompileOptions(transforms=("block_sparse",), cache_dir=tmp_path))
         assert compiled.numerics is not None and compiled.numerics.max_rel_err < 1e-4
         m = measure(compiled, x, min_repeats=3, max_repeats=5, min_sample_ms=2.0)
         assert m.target_kind == "rpc" and "taskpack-test" in m.device and m.median_ms > 0
+        assert m.threads == compiled.threads == 1  # set on the remote pool before timing
     finally:
         farm.close()
 
