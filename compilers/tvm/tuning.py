@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,7 +79,11 @@ def _in_process_builder(api):  # noqa: ANN001, ANN202
             results = []
             for item in build_inputs:
                 try:
-                    lib = local_builder.default_build(item.mod, item.target, item.params)
+                    with warnings.catch_warnings():
+                        # TVM 0.27's default_build calls its own deprecated tvm.build
+                        warnings.filterwarnings("ignore", message="build is deprecated",
+                                                category=DeprecationWarning)
+                        lib = local_builder.default_build(item.mod, item.target, item.params)
                     results.append(ms.builder.BuilderResult(local_builder.default_export(lib),
                                                             None))
                 except Exception as exc:  # noqa: BLE001 - reported to MetaSchedule as a failure
