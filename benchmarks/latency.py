@@ -12,6 +12,8 @@ this run; the roofline bound uses memory bandwidth and matmul throughput measure
     python benchmarks/latency.py --quick    # small MLP, few trials
     python benchmarks/latency.py --store mlruns/runs/NAME/store.tpk [--tasks 0 3]
                                             # every (or the given) task of a packed store
+    python benchmarks/latency.py --threads 1   # runtime threads of every row (default: 1 at
+                                            # batch 1; larger batches: compilers' default rule)
 
 ``benchmark_module(module, example_input, ...)`` is the hook for measuring any nn.Module (e.g. a
 task loaded from a store).
@@ -29,9 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from compilers import Target, get_compiler, measure
+from compilers import (
+    CompiledModel,
+    CompileOptions,
+    Target,
+    apply_transforms,
+    get_compiler,
+    measure,
+)
 from compilers.measure import Measurement
-from compilers.tvm_backend import prepare_module
+from compilers.threads import all_cores, default_threads
 
 
 def synthetic_mlp(sizes: tuple[int, ...], density: float, dead: float, seed: int) -> nn.Module:
@@ -106,20 +115,26 @@ class Row:
     bound_ms: float
 
 
-def _onnx_row(model: nn.Module, x: torch.Tensor) -> Measurement:
-    return measure(onnx_model(model, x), x)
+def _onnx_row(model: nn.Module, x: torch.Tensor, threads: int | None) -> Measurement:
+    return measure(onnx_model(model, x, threads), x)
 
 
-def onnx_model(model: nn.Module, x: torch.Tensor):  # noqa: ANN201 - a CompiledModel
-    """``model`` exported to ONNX and loaded in an ONNX Runtime CPU session, timed like a build."""
+def onnx_model(model: nn.Module, x: torch.Tensor,
+               threads: int | None = None) -> CompiledModel:
+    """``model`` exported to ONNX and loaded in an ONNX Runtime CPU session, timed like a build.
+
+    The session runs ``threads`` intra- and inter-op threads (None: 1 at batch 1, else every
+    core, like the eager backend).
+    """
     import onnxruntime as ort
 
-    from compilers._base import CompiledModel
-
+    threads = threads or default_threads(x) or all_cores()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"])
         opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = threads
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
 
@@ -134,7 +149,8 @@ def onnx_model(model: nn.Module, x: torch.Tensor):  # noqa: ANN201 - a CompiledM
             return (time.perf_counter() - t) / number
 
     return OrtModel(backend="onnxruntime", target=Target.host(), input_shape=tuple(x.shape),
-                    compiler_version=f"onnxruntime-{ort.__version__}", key="ort")
+                    compiler_version=f"onnxruntime-{ort.__version__}", key="ort",
+                    threads=threads)
 
 
 def benchmark_module(
@@ -145,8 +161,12 @@ def benchmark_module(
     cache_dir: Path,
     bandwidth_gbs: float,
     peak_gflops: float,
+    threads: int | None = None,
 ) -> list[Row]:
-    """Measure every row for one module and input; returns the rows (medians, bounds)."""
+    """Measure every row for one module and input; returns the rows (medians, bounds).
+
+    ``threads``: runtime threads of every row (None: compilers' default rule per backend).
+    """
     batch = example_input.shape[0]
     host, tvm = Target.host(), get_compiler("tvm")
 
@@ -156,9 +176,12 @@ def benchmark_module(
 
     rows = [
         Row("PyTorch eager (dense-masked)",
-            measure(get_compiler("eager").compile(module, example_input, host), example_input),
+            measure(get_compiler("eager").compile(module, example_input, host,
+                                                  CompileOptions(threads=threads)),
+                    example_input),
             bound(module, False)),
-        Row("ONNX Runtime (dense-masked)", _onnx_row(module, example_input), bound(module, False)),
+        Row("ONNX Runtime (dense-masked)", _onnx_row(module, example_input, threads),
+            bound(module, False)),
     ]
     variants = [
         ("TVM untuned", (), 0, False),
@@ -171,10 +194,10 @@ def benchmark_module(
         ("TVM + block-sparse + int8", ("block_sparse", "int8"), tune_trials, True),
     ]
     for name, transforms, trials, sparse in variants:
-        compiled = tvm.compile(module, example_input, host, transforms=transforms,
-                               tune_trials=trials, cache_dir=cache_dir)
-        # the bound is of the module the build runs: the backend's own transform pipeline
-        executed = prepare_module(module, transforms)
+        compiled = tvm.compile(module, example_input, host, CompileOptions(
+            transforms=transforms, tune_trials=trials, cache_dir=cache_dir, threads=threads))
+        # the bound is of the module the build runs: the one transform pipeline, kernel form
+        executed = apply_transforms(module, transforms)
         rows.append(Row(name, measure(compiled, example_input), bound(executed, sparse)))
         if "int8_error" in compiled.notes:
             err = compiled.notes["int8_error"]
@@ -188,12 +211,15 @@ def print_table(title: str, rows: list[Row]) -> None:
     by = {r.name: r.m.median_ms for r in rows}
     dense = by["TVM tuned dense"]
     print(f"\n{title}")
-    print(f"| {'row':36s} | median ms | p10-p90 ms      | CV    | vs tuned dense | bound ms |")
-    print(f"|{'-' * 38}|-----------|-----------------|-------|----------------|----------|")
+    print(f"| {'row':36s} | median ms | p10-p90 ms      | CV    | vs tuned dense | bound ms "
+          "| threads |")
+    print(f"|{'-' * 38}|-----------|-----------------|-------|----------------|----------"
+          "|---------|")
     for r in rows:
         m = r.m
         print(f"| {r.name:36s} | {m.median_ms:9.4f} | {m.p10_ms:6.4f}-{m.p90_ms:<8.4f} | "
-              f"{m.cv:5.3f} | {dense / m.median_ms:13.2f}x | {r.bound_ms:8.4f} |")
+              f"{m.cv:5.3f} | {dense / m.median_ms:13.2f}x | {r.bound_ms:8.4f} | "
+              f"{m.threads:7d} |")
     bs = by["TVM tuned + block-sparse"]
     print(f"block-sparse vs tuned dense TVM: {dense / bs:.2f}x faster; "
           f"vs ONNX Runtime dense-masked: {by['ONNX Runtime (dense-masked)'] / bs:.2f}x faster")
@@ -214,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
                    "(architecture from the recipe.yaml beside it, or --recipe)")
     p.add_argument("--recipe", type=Path)
     p.add_argument("--tasks", type=int, nargs="+", help="with --store: these tasks (default all)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="runtime threads of every row (TVM pool, ONNX Runtime, torch); default: "
+                   "1 at batch 1, larger batches per compilers' default rule")
     args = p.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     sizes = (784, 256, 256, 10) if args.quick else (784, 2000, 2000, 10)
@@ -238,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         for batch in batches:
             x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(1))
             rows = benchmark_module(model, x, tune_trials=trials, cache_dir=args.cache_dir,
-                                    bandwidth_gbs=bw, peak_gflops=peak)
+                                    bandwidth_gbs=bw, peak_gflops=peak, threads=args.threads)
             print_table(f"batch {batch}" if task is None else f"task {task}, batch {batch}",
                         rows)
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.latency import onnx_model  # noqa: E402
-from compilers import get_compiler, measure  # noqa: E402
+from compilers import CompileOptions, get_compiler, measure  # noqa: E402
 from pipeline.evaluation import committed_snapshot  # noqa: E402
 from pipeline.progress import Bars  # noqa: E402
 from pipeline.recipe import load_recipe  # noqa: E402
@@ -92,10 +92,11 @@ def main() -> int:
             shape = (1, *prepare(recipe).stream.input_shape)
             example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         sel, dense, ort = interleaved_ms([
-            tvm.compile(module, example, target, transforms=target_cfg.transforms,
-                        tune_trials=target_cfg.tune_trials, cache_dir=cache),
-            tvm.compile(module, example, target, transforms=(),
-                        tune_trials=target_cfg.tune_trials, cache_dir=cache),
+            tvm.compile(module, example, target, CompileOptions(
+                transforms=tuple(target_cfg.transforms), tune_trials=target_cfg.tune_trials,
+                cache_dir=cache)),
+            tvm.compile(module, example, target, CompileOptions(
+                tune_trials=target_cfg.tune_trials, cache_dir=cache)),
             onnx_model(module, example)], example)
         ref, got = c.get("search_reference_val_acc", float("nan")), c.get(
             "search_chosen_val_acc", float("nan"))

@@ -1,12 +1,15 @@
 """Compiler backends for taskpack: compile a task's subnetwork per device and measure it.
 
 ``import compilers`` is light: it imports torch only. TVM is imported on the first TVM compile,
-through ``compilers._tvm`` (the single adapter module).
+through ``compilers.tvm`` (the only subpackage that imports it; the ``tvm`` backend is registered
+by name and imported on first use).
 """
 
 from __future__ import annotations
 
-from ._base import TRANSFORMS, CompiledModel, Compiler
+from ._base import TRANSFORMS, CompiledModel, CompileOptions, Compiler
+from ._registry import compiler_names, get_compiler, register_compiler
+from .eager import EagerCompiler
 from .errors import (
     BuildFailed,
     CompilerError,
@@ -19,30 +22,52 @@ from .measure import Measurement, measure
 from .numerics import NumericsReport, check_numerics, fixed_inputs
 from .realizability import LayerSpec, Realizability, layer_realizability
 from .targets import Target
+from .transforms import (
+    Transform,
+    TransformContext,
+    apply_transforms,
+    check_transforms,
+    parse_block_pattern,
+    register_transform,
+    transform_names,
+)
 
 __all__ = [
     "TRANSFORMS",
     "BuildFailed",
+    "CompileOptions",
     "CompiledModel",
     "Compiler",
     "CompilerError",
     "DeviceLost",
+    "LayerSpec",
+    "Measurement",
     "NumericsMismatch",
     "NumericsReport",
+    "Realizability",
     "RunTimedOut",
     "Target",
     "TargetUnavailable",
+    "Transform",
+    "TransformContext",
+    "apply_transforms",
     "check_numerics",
+    "check_transforms",
+    "compiler_names",
+    "export_bundle",
     "fixed_inputs",
     "get_compiler",
-    "LayerSpec",
-    "Measurement",
-    "Realizability",
-    "export_bundle",
     "layer_realizability",
     "load_bundle",
     "measure",
+    "parse_block_pattern",
+    "register_compiler",
+    "register_transform",
+    "transform_names",
 ]
+
+register_compiler("eager", EagerCompiler)
+register_compiler("tvm", "compilers.tvm:TVMCompiler")  # imported on first use (TVM is heavy)
 
 
 def export_bundle(*args: object, **kwargs: object):  # noqa: ANN201 - see compilers.export
@@ -57,16 +82,3 @@ def load_bundle(path: object):  # noqa: ANN201 - see compilers.export
     from .export import load_bundle as _load_bundle
 
     return _load_bundle(path)
-
-
-def get_compiler(name: str, **options: object) -> Compiler:
-    """The backend called ``name`` ("eager" or "tvm"); options go to its constructor."""
-    if name == "eager":
-        from .eager import EagerCompiler
-
-        return EagerCompiler(**options)
-    if name == "tvm":
-        from .tvm_backend import TVMCompiler
-
-        return TVMCompiler(**options)
-    raise ValueError(f"compiler name must be 'eager' or 'tvm', but got {name!r}.")

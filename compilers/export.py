@@ -1,9 +1,13 @@
 """Deployable bundles: one folder per (device, task): library, ONNX model and manifest.
 
 ``<root>/<target name>/task-<k>/``: ``model.so`` (TVM library; cross-linked for aarch64),
-``model.onnx`` (the task's subnetwork after shrink, dense-masked, for other runtimes) and
-``manifest.json`` (task, target, TVM version, the caller's store hash, the numerics check and,
-where the target can run here or over RPC, the measured latency with its spread).
+``model.onnx`` (for other runtimes) and ``manifest.json`` (task, target, TVM version, the caller's
+store hash, the runtime threads, the numerics check and, where the target can run here or over
+RPC, the measured latency with its spread).
+
+Both files come from one prepared graph: ``apply_transforms`` with the same transforms, the library
+from its kernel form and the ONNX model from its reference form (same layer shapes; block-sparse
+layers dense-masked, int8 weights dequantized, so the ONNX model computes what the library does).
 """
 
 from __future__ import annotations
@@ -19,13 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._tvm import load
+from ._base import CompileOptions
 from .errors import TargetUnavailable
 from .measure import measure
 from .targets import Target
-from .transforms import shrink
-from .tvm_backend import TVMCompiler
-from .tvm_model import LIBRARY_NAME
+from .transforms import apply_transforms
+from .tvm import LIBRARY_NAME, TVMCompiler, load, quiet_vm_serialization, set_threads
 
 __all__ = ["Bundle", "export_bundle", "load_bundle", "MANIFEST", "ONNX_NAME"]
 
@@ -56,18 +59,18 @@ def export_bundle(
     transforms: tuple[str, ...] = ("shrink", "block_sparse"),
     tune_trials: int = 0,
     cache_dir: str | Path | None = None,
+    threads: int | None = None,
     compiler: TVMCompiler | None = None,
 ) -> Path:
     """Compile ``module`` for ``target`` and write its bundle; returns the bundle folder."""
     folder = Path(root) / target.name / f"task-{task}"
     folder.mkdir(parents=True, exist_ok=True)
     compiler = compiler or TVMCompiler()
-    compiled = compiler.compile(
-        module, example_input, target, transforms=transforms, tune_trials=tune_trials,
-        cache_dir=cache_dir,
-    )
+    options = CompileOptions(transforms=tuple(transforms), tune_trials=tune_trials,
+                             cache_dir=cache_dir, threads=threads)
+    compiled = compiler.compile(module, example_input, target, options)
     files = compiled.export(folder)
-    onnx_module = shrink(module.eval()) if "shrink" in transforms else module.eval()
+    onnx_module = apply_transforms(module, options.transforms, kernels=False)
     _export_onnx(onnx_module, example_input, folder / ONNX_NAME)
     files["onnx"] = ONNX_NAME
     latency = None
@@ -85,6 +88,7 @@ def export_bundle(
         "transforms": list(compiled.transforms),
         "tuned": compiled.tuned,
         "tuning_db_hash": compiled.tuning_db_hash,
+        "threads": compiled.threads,
         "files": files,
         "numerics": compiled.numerics.to_dict() if compiled.numerics else None,
         "numerics_note": None if compiled.numerics else "not run: export-only target",
@@ -110,8 +114,11 @@ class Bundle:
                 f"bundle {self.path} was built for aarch64 and cannot run on this host."
             )
         if self._vm is None:
-            lib = api.tvm.runtime.load_module(str(self.path / self.manifest["files"]["library"]))
-            self._vm = api.relax.VirtualMachine(lib, api.tvm.cpu(0))
+            with quiet_vm_serialization():
+                lib = api.tvm.runtime.load_module(
+                    str(self.path / self.manifest["files"]["library"]))
+                self._vm = api.relax.VirtualMachine(lib, api.tvm.cpu(0))
+        set_threads(int(self.manifest.get("threads") or 1))
         arr = api.tvm.runtime.tensor(np.ascontiguousarray(x.detach().cpu().numpy()))
         out = self._vm["main"](arr)
         if not hasattr(out, "numpy"):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .targets import Target
-from .transforms import TRANSFORMS_VERSION
+from .transforms._base import TRANSFORMS_VERSION
 
 __all__ = ["compile_key", "structure_key"]
 

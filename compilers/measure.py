@@ -42,6 +42,7 @@ class Measurement:
     transforms: tuple[str, ...]
     input_shape: tuple[int, ...]
     key: str
+    threads: int  # runtime threads the model ran with (part of what the figure means)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -74,7 +75,7 @@ def measure(
         )
     x = inputs if inputs is not None else fixed_inputs(torch.zeros(compiled.input_shape))[1]
     settings = (warmup, min_repeats, max_repeats, cv_threshold, min_sample_ms)
-    cache_key = (compiled.key, tuple(x.shape), settings)
+    cache_key = (compiled.key, compiled.threads, tuple(x.shape), settings)
     if use_cache and cache_key in _CACHE:
         return _CACHE[cache_key]
     for _ in range(warmup):
@@ -109,6 +110,7 @@ def measure(
         transforms=compiled.transforms,
         input_shape=tuple(x.shape),
         key=compiled.key,
+        threads=compiled.threads,
     )
     if use_cache:
         _CACHE[cache_key] = result

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .targets import Target
-from .transforms import BLOCK_SHAPES, MAX_BLOCK_DENSITY
+from .transforms import BLOCK_SHAPES, MAX_BLOCK_DENSITY, parse_block_pattern
 
 __all__ = ["LayerSpec", "Realizability", "layer_realizability"]
 
@@ -31,13 +31,6 @@ class LayerSpec:
     groups: int = 1  # conv2d: the block-sparse conv kernel runs groups 1 only
 
 
-def _block(pattern: str) -> tuple[int, int] | None:
-    if not (pattern.startswith("block(") and pattern.endswith(")")):
-        return None
-    h, w = pattern[len("block("):-1].split(",")
-    return int(h), int(w)
-
-
 def layer_realizability(spec: LayerSpec, target: Target,
                         transforms: Sequence[str] = ("shrink", "block_sparse")) -> Realizability:
     """``speed-realizable`` when one of ``transforms`` speeds the layer up on ``target``.
@@ -49,7 +42,7 @@ def layer_realizability(spec: LayerSpec, target: Target,
         return "speed-realizable"  # the int8 weight kernel reads 4x fewer bytes than fp32
     if spec.pattern == "channel" and spec.sparsity > 0 and "shrink" in transforms:
         return "speed-realizable"  # shrink removes the channels on every backend
-    block = _block(spec.pattern)
+    block = parse_block_pattern(spec.pattern)
     # conv2d: ``in_features`` is C*kh*kw (the weight viewed as (O, C*kh*kw), as the kernel sees
     # it; C alone also works for the 16x1 / 8x1 / 4x1 blocks, which need O % bh == 0 only).
     if (

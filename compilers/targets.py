@@ -33,7 +33,9 @@ class Target:
     ``kind`` picks the code generator: ``host`` (LLVM for this CPU; ``mcpu`` detected when None),
     ``aarch64`` (LLVM cross-compiled, linked with ``aarch64-linux-gnu-gcc``; export only unless
     reached over RPC), ``cuda`` and ``rpc`` (a device behind a TVM RPC tracker, identified by
-    ``rpc_key``; ``remote_arch`` says which code to generate for it).
+    ``rpc_key``; ``remote_arch`` says which code to generate for it). ``threads`` is how many
+    threads a compiled model runs with (None: ``compilers.threads``' default rule); it does not
+    change the generated code, so it is not part of :meth:`key`.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Target:
     rpc_key: str | None = None
     remote_arch: Literal["host", "aarch64"] = "host"
     extra: dict[str, str] = field(default_factory=dict)
+    threads: int | None = None  # runtime threads of compiled models; None: the default rule
 
     def __post_init__(self) -> None:
         if self.kind not in ("host", "aarch64", "cuda", "rpc"):
@@ -57,11 +60,14 @@ class Target:
                 f"(rpc_host={self.rpc_host!r}, rpc_port={self.rpc_port!r}, "
                 f"rpc_key={self.rpc_key!r})."
             )
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"`threads >= 1` must hold (or None), but got {self.threads}.")
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod
-    def host(cls, name: str = "host", mcpu: str | None = None) -> Target:
-        return cls(name=name, kind="host", mcpu=mcpu, num_cores=os.cpu_count())
+    def host(cls, name: str = "host", mcpu: str | None = None,
+             threads: int | None = None) -> Target:
+        return cls(name=name, kind="host", mcpu=mcpu, num_cores=os.cpu_count(), threads=threads)
 
     @classmethod
     def aarch64(cls, name: str = "aarch64", mcpu: str = "cortex-a72") -> Target:

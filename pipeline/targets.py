@@ -11,7 +11,8 @@ def to_target(cfg: TargetConfig) -> Target:
     rpc = cfg.rpc
     return Target(name=cfg.name, kind=cfg.kind, mcpu=cfg.mcpu,
                   rpc_host=rpc.host if rpc else None, rpc_port=rpc.port if rpc else None,
-                  rpc_key=rpc.key if rpc else None, remote_arch=cfg.remote_arch)
+                  rpc_key=rpc.key if rpc else None, remote_arch=cfg.remote_arch,
+                  threads=cfg.threads)
 
 
 def find_target(recipe: Recipe, name: str | None) -> TargetConfig:

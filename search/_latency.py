@@ -1,8 +1,11 @@
 """Latency of a candidate, measured on the model compiled for the recipe's target.
 
 Results are cached by the compilers' ``structure_key`` (layer types, shapes and zero patterns,
-not weight values) plus target and transforms, in memory and in a JSON file next to the tuning
-database, so a structure measured once costs nothing again, in this process or after a resume.
+not weight values) plus target (its runtime threads included), transforms and the runtime threads
+the build resolved, in memory and in a JSON file next to the tuning database, so a structure
+measured once costs nothing again, in this process or after a resume. The module is prepared by
+the compiler itself (``compilers.transforms.apply_transforms``), with the target's transforms on
+every backend.
 """
 
 from __future__ import annotations
@@ -25,31 +28,32 @@ log = logging.getLogger(__name__)
 
 def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
     """A LatencyFn compiling with the target's backend, transforms and tuning budget."""
-    from compilers import get_compiler, measure
+    from compilers import CompileOptions, get_compiler, measure
     from compilers.hashing import structure_key
     from pipeline.targets import to_target
 
     target = to_target(target_cfg)
     compiler = get_compiler(target_cfg.backend)
-    transforms = tuple(target_cfg.transforms) if target_cfg.backend == "tvm" else ("shrink",)
+    options = CompileOptions(transforms=tuple(target_cfg.transforms),
+                             tune_trials=target_cfg.tune_trials, cache_dir=cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     table = cache_dir / "latency-cache.json"
     cache: dict[str, dict] = json.loads(table.read_text()) if table.exists() else {}
 
     def latency(module: nn.Module, example: torch.Tensor) -> Latency:
-        key = structure_key(module, example, target, transforms, backend=compiler.name,
-                            tune_trials=target_cfg.tune_trials)
+        key = structure_key(module, example, target, options.transforms, backend=compiler.name,
+                            tune_trials=options.tune_trials)
         if key in cache:
             return replace(Latency(**cache[key]), cached=True, seconds=0.0)
         start = time.perf_counter()
-        compiled = compiler.compile(module, example, target, transforms=transforms,
-                                    tune_trials=target_cfg.tune_trials, cache_dir=cache_dir)
+        compiled = compiler.compile(module, example, target, options)
         m = measure(compiled, example)
         notes = compiled.notes or {}
         result = Latency(m.median_ms, m.p90_ms, tuned=m.tuned,
                          seconds=time.perf_counter() - start,
                          workloads=len(notes.get("schedules", {})),
                          workloads_tuned=int(notes.get("workloads_tuned", 0)))
+        log.debug("latency %.4f ms at %d threads (%s)", m.median_ms, m.threads, key)
         cache[key] = asdict(result)
         atomic_write(table, lambda f: f.write(json.dumps(cache).encode()))
         return result

@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from compilers import Target, get_compiler
-from compilers.kernels import im2col_kernel
-from compilers.quantize import to_int8
-from compilers.sparse_ops import BlockSparseConv2d
-from compilers.transforms import to_block_sparse
-from compilers.tvm_backend import hand_kernels, import_relax, prepare_module, to_tvm_target
+from compilers import CompileOptions, Target, apply_transforms, get_compiler
+from compilers.ops.sparse import BlockSparseConv2d
+from compilers.transforms import to_block_sparse, to_int8
+from compilers.tvm import hand_kernels, import_relax, to_tvm_target
+from compilers.tvm.kernels.bsr import im2col_kernel
 
 pytestmark = pytest.mark.tvm
 
@@ -40,8 +39,8 @@ def small_cnn() -> nn.Sequential:
 
 
 def _build(model: nn.Module, x: torch.Tensor, tmp_path, transforms=("block_sparse",)):  # noqa: ANN001, ANN202
-    return get_compiler("tvm").compile(model, x, Target.host(), transforms=transforms,
-                                       cache_dir=tmp_path)
+    return get_compiler("tvm").compile(model, x, Target.host(),
+        CompileOptions(transforms=transforms, cache_dir=tmp_path))
 
 
 def test_transform_rewrites_block_sparse_convs_exactly() -> None:
@@ -66,7 +65,7 @@ def test_small_cnn_build_matches_eager_and_uses_bsr_kernel(batch: int, tmp_path)
                                    rtol=1e-4, atol=1e-5)
     # both convs run im2col + the BSR kernel; the head (dense linear) does not
     assert compiled.notes["hand_kernels"] == ["bsr_conv2d", "bsr_conv2d1", "im2col", "im2col1"]
-    mod = import_relax(prepare_module(model, ("block_sparse",)), x)
+    mod = import_relax(apply_transforms(model, ("block_sparse",)), x)
     main = mod["main"].script()
     assert "R.nn.conv2d" not in main  # no dense conv left
     assert main.count("call_tir(bsr_conv2d") == 2 and main.count("call_tir(im2col") == 2
@@ -88,7 +87,7 @@ def test_non_qualifying_convs_stay_dense_and_build(tmp_path) -> None:  # noqa: A
     compiled = _build(model, x, tmp_path)
     assert compiled.numerics is not None and compiled.numerics.passed
     assert compiled.notes["hand_kernels"] == []
-    main = import_relax(prepare_module(model, ("block_sparse",)), x)["main"].script()
+    main = import_relax(apply_transforms(model, ("block_sparse",)), x)["main"].script()
     assert main.count("R.nn.conv2d") == 3
 
 
@@ -121,7 +120,7 @@ def test_strides_padding_dilation_and_batch_tiles(
 
 
 def test_im2col_kernel_matches_unfold() -> None:
-    from compilers._tvm import load
+    from compilers.tvm import load
 
     tvm = load().tvm
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 6)).astype(np.float32)
@@ -151,5 +150,5 @@ def test_hand_kernels_lists_linear_kernels(tmp_path) -> None:  # noqa: ANN001
     from .conftest import block_sparse_mlp
 
     x = torch.randn(1, 32)
-    mod = import_relax(prepare_module(block_sparse_mlp(), ("block_sparse",)), x)
+    mod = import_relax(apply_transforms(block_sparse_mlp(), ("block_sparse",)), x)
     assert hand_kernels(mod) == ["bsr_linear", "bsr_linear1"]

@@ -12,9 +12,13 @@ from torch import nn
 pytest.importorskip("tvm")
 
 from compilers import Target  # noqa: E402
-from compilers._tvm import load  # noqa: E402
-from compilers.tuning import GEMV_MARK, TuningDatabase, _in_process_builder, gemv_schedule  # noqa: E402
-from compilers.tvm_backend import import_relax, to_tvm_target  # noqa: E402
+from compilers.tvm import import_relax, load, to_tvm_target  # noqa: E402
+from compilers.tvm.tuning import (  # noqa: E402
+    GEMV_MARK,
+    TuningDatabase,
+    _in_process_builder,
+    gemv_schedule,
+)
 
 
 def _mlp(batch: int = 1) -> tuple[nn.Module, torch.Tensor]:

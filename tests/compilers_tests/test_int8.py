@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from compilers import Target, check_numerics, fixed_inputs, get_compiler
-from compilers.int8_kernel import pack_int8
-from compilers.int8_ops import Int8Linear, dequantize_weight, quantize_weight
-from compilers.quantize import dequantize_int8, to_int8
-from compilers.sparse_ops import BlockSparseLinear
-from compilers.transforms import to_block_sparse
+from compilers import CompileOptions, Target, check_numerics, fixed_inputs, get_compiler
+from compilers.ops.int8 import Int8Linear, dequantize_weight, quantize_weight
+from compilers.ops.sparse import BlockSparseLinear
+from compilers.transforms import dequantize_int8, to_block_sparse, to_int8
+from compilers.tvm.kernels.int8 import pack_int8
 
 from .conftest import block_sparse_mlp, tiny_cnn
 
@@ -78,37 +77,33 @@ class TestTVMInt8:
     )
     def test_matches_quantized_eager(self, transforms, batch: int, cache_dir) -> None:  # noqa: ANN001
         model, x = block_sparse_mlp(), torch.randn(batch, 32)
-        compiled = get_compiler("tvm").compile(model, x, Target.host(), transforms=transforms,
-                                               cache_dir=cache_dir)
+        compiled = get_compiler("tvm").compile(model, x, Target.host(),
+            CompileOptions(transforms=transforms, cache_dir=cache_dir))
         assert compiled.numerics is not None and compiled.numerics.max_rel_err < 1e-4
-        eager = get_compiler("eager").compile(model, x, Target.host(), transforms=transforms)
+        eager = get_compiler("eager").compile(model, x, Target.host(),
+            CompileOptions(transforms=transforms))
         assert check_numerics(compiled, eager.module, [torch.randn(batch, 32)]).passed
         assert tuple(compiled.run(x).shape) == (batch, 10)
 
     def test_weights_are_int8_constants(self, cache_dir) -> None:  # noqa: ANN001
-        from compilers.tuning import TuningDatabase
-        from compilers.tvm_backend import (
-            constant_bytes,
-            import_relax,
-            prepare_module,
-            to_tvm_target,
-        )
+        from compilers import apply_transforms
+        from compilers.tvm import TuningDatabase, constant_bytes, import_relax, to_tvm_target
 
         model, x = block_sparse_mlp(), torch.randn(1, 32)
-        mod = import_relax(prepare_module(model, ("int8",)), x)
+        mod = import_relax(apply_transforms(model, ("int8",)), x)
         lowered = TuningDatabase.legalize(mod, to_tvm_target(Target.host()))  # FoldConstant ran
         n_weights = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
         n_rows = sum(m.out_features for m in model if isinstance(m, nn.Linear))
         assert constant_bytes(lowered) == {"int8": n_weights, "float32": 4 * 2 * n_rows}
         assert '"int8"' in lowered["int8_linear"].script()
-        compiled = get_compiler("tvm").compile(model, x, Target.host(), transforms=("int8",),
-                                               cache_dir=cache_dir)
+        compiled = get_compiler("tvm").compile(model, x, Target.host(),
+            CompileOptions(transforms=("int8",), cache_dir=cache_dir))
         assert compiled.notes["constant_bytes"]["int8"] == n_weights
 
     def test_quantization_error_is_recorded_not_hidden(self, cache_dir) -> None:  # noqa: ANN001
         model, x = block_sparse_mlp(), torch.randn(1, 32)
-        compiled = get_compiler("tvm").compile(model, x, Target.host(), transforms=("int8",),
-                                               cache_dir=cache_dir)
+        compiled = get_compiler("tvm").compile(model, x, Target.host(),
+            CompileOptions(transforms=("int8",), cache_dir=cache_dir))
         error = compiled.notes["int8_error"]
         assert 1e-4 < error["max_rel_err"] < 0.02 and error["max_abs_err"] > 0
         against_fp32 = check_numerics(compiled, model, fixed_inputs(x), raise_on_mismatch=False)
@@ -117,8 +112,8 @@ class TestTVMInt8:
 
     def test_conv_stays_fp32_and_builds(self, cache_dir) -> None:  # noqa: ANN001
         model, x = tiny_cnn(), torch.randn(2, 1, 8, 8)
-        compiled = get_compiler("tvm").compile(model, x, Target.host(), transforms=("int8",),
-                                               cache_dir=cache_dir)
+        compiled = get_compiler("tvm").compile(model, x, Target.host(),
+            CompileOptions(transforms=("int8",), cache_dir=cache_dir))
         assert compiled.numerics is not None and compiled.numerics.max_rel_err < 1e-4
         assert compiled.notes["constant_bytes"]["int8"] == model[5].weight.numel()
         assert compiled.notes["constant_bytes"]["float32"] >= 4 * model[0].weight.numel()
@@ -126,14 +121,14 @@ class TestTVMInt8:
     def test_tuned_build_has_nothing_to_tune(self, tmp_path) -> None:  # noqa: ANN001
         model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
         x = torch.randn(1, 16)
-        compiled = get_compiler("tvm").compile(model, x, Target.host(), transforms=("int8",),
-                                               tune_trials=2, cache_dir=tmp_path)
+        compiled = get_compiler("tvm").compile(model, x, Target.host(),
+            CompileOptions(transforms=("int8",), tune_trials=2, cache_dir=tmp_path))
         assert compiled.tuned and compiled.notes["workloads_tuned"] == 0
         assert compiled.numerics is not None and compiled.numerics.max_rel_err < 1e-4
 
     def test_linear_on_3d_input(self, cache_dir) -> None:  # noqa: ANN001
         model, x = nn.Sequential(nn.Linear(8, 16)).eval(), torch.randn(2, 3, 8)
-        compiled = get_compiler("tvm").compile(model, x, Target.host(), transforms=("int8",),
-                                               cache_dir=cache_dir)
+        compiled = get_compiler("tvm").compile(model, x, Target.host(),
+            CompileOptions(transforms=("int8",), cache_dir=cache_dir))
         assert tuple(compiled.run(x).shape) == (2, 3, 16)
         assert compiled.numerics is not None and compiled.numerics.max_rel_err < 1e-4

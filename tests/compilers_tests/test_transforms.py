@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from compilers.kernels import pack_bsr
 from compilers.realizability import LayerSpec, layer_realizability
 from compilers.targets import Target
 from compilers.transforms import block_density, choose_block_shape, shrink, to_block_sparse
+from compilers.tvm.kernels.bsr import pack_bsr
 
 from .conftest import block_sparse_mlp, tiny_cnn
 

@@ -11,8 +11,6 @@ from torch import nn
 from pipeline.recipe import TargetConfig
 from search._latency import compiled_latency
 
-pytestmark = pytest.mark.tvm
-
 
 def _mlp(seed: int, zero: slice) -> nn.Sequential:
     """16-32-4 with the hidden units in ``zero`` switched off (shrink removes them)."""
@@ -24,6 +22,7 @@ def _mlp(seed: int, zero: slice) -> nn.Sequential:
     return model
 
 
+@pytest.mark.tvm
 def test_latency_is_cached_by_structure_and_counts_tuning_hits(tmp_path: Path) -> None:
     target = TargetConfig(name="host", backend="tvm", tune_trials=1, transforms=["shrink"])
     latency = compiled_latency(target, tmp_path)
@@ -38,3 +37,23 @@ def test_latency_is_cached_by_structure_and_counts_tuning_hits(tmp_path: Path) -
     # a restart): compiled and measured, but both workloads come from the tuning database
     other = compiled_latency(target, tmp_path)(_mlp(2, slice(24, 32)), x)
     assert not other.cached and other.workloads == 2 and other.workloads_tuned == 0
+
+
+def test_eager_latency_uses_the_target_transforms_and_threads(tmp_path: Path,
+                                                               monkeypatch) -> None:  # noqa: ANN001
+    """One transform path for every backend; the target's runtime threads reach the measurement."""
+    import compilers
+
+    seen = []
+    real = compilers.measure
+
+    def spy(compiled, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        m = real(compiled, *args, min_repeats=2, max_repeats=3, min_sample_ms=1.0)
+        seen.append((compiled.transforms, m.threads))
+        return m
+
+    monkeypatch.setattr(compilers, "measure", spy)
+    target = TargetConfig(name="host", backend="eager", transforms=["shrink", "int8"], threads=1)
+    result = compiled_latency(target, tmp_path)(_mlp(0, slice(0, 8)), torch.randn(1, 16))
+    assert result.median_ms > 0 and not result.cached
+    assert seen == [(("shrink", "int8"), 1)]

@@ -2,15 +2,16 @@
 
 ``torch.export`` keeps custom ops as single graph nodes, so the TVM importer sees
 ``taskpack::bsr_linear(x, weight, scale, bias, bh, bw, relu)`` with the weight as a constant and
-swaps in the TIR kernel (see ``tvm_backend``). In eager mode the op is an ordinary dense linear
-(+ ReLU), so a rewritten module is numerically the module it came from. After the ``int8``
+swaps in the TIR kernel (see ``compilers.tvm.importer``). In eager mode the op is an ordinary dense
+linear (+ ReLU), so a rewritten module is numerically the module it came from. After the ``int8``
 transform the weight is int8 with per-row ``scale`` (else ``scale`` is None) and eager runs the
 dequantized weight.
 
 ``taskpack::bsr_conv2d(x, weight, bias, stride, padding, dilation, bh, bw, relu)`` does the same
 for an ``nn.Conv2d`` (groups 1, zero padding) whose weight, viewed as (O, C*kh*kw), has
 (bh, bw) blocks; eager is ``F.conv2d`` (+ ReLU), so the rewrite is exact. The TVM importer lowers
-it to im2col + the same BSR kernel. It stays fp32 under the ``int8`` transform (see ``quantize``).
+it to im2col + the same BSR kernel. It stays fp32 under the ``int8`` transform (see
+``compilers.transforms._int8``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .int8_ops import dequantize_weight, quantize_weight
+from .int8 import dequantize_weight, quantize_weight
 
 __all__ = [
     "CONV_OP_NAME", "OP_NAME", "BlockSparseConv2d", "BlockSparseLinear", "conv_output_hw",

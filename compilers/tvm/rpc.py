@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._tvm import load, rpc_tracker_class
-from .errors import BuildFailed, CompilerError, DeviceLost, RunTimedOut
-from .targets import Target
+from ..errors import BuildFailed, CompilerError, DeviceLost, RunTimedOut
+from ..targets import Target
+from ._api import load, rpc_tracker_class
 
 __all__ = ["LoopbackFarm", "call_with_retries", "classify", "connect", "start_loopback"]
 

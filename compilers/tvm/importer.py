@@ -1,84 +1,26 @@
-"""The TVM backend: torch.export -> Relax -> (MetaSchedule) -> build, per target.
+"""torch.export -> Relax, with the custom ops lowered to the hand-written TIR kernels.
 
-Transforms are applied to the torch module first (shrink, block-sparse marking, int8); the importer
-then maps ``taskpack::bsr_linear``, ``taskpack::bsr_conv2d`` (im2col + the BSR kernel) and
-``taskpack::int8_linear`` nodes to a ``call_tir`` of the
-hand-written TIR kernels with the BSR arrays / int8 weights baked in as constants. Dense ops go
-through Relax legalization and, when a tuning budget is given, MetaSchedule; a persistent database
-makes every later build of the same workloads fast.
+The importer maps ``taskpack::bsr_linear``, ``taskpack::bsr_conv2d`` (im2col + the BSR kernel) and
+``taskpack::int8_linear`` nodes to a ``call_tir`` of the hand-written kernels in
+:mod:`compilers.tvm.kernels`, with the BSR arrays / int8 weights baked in as constants.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
-import os
-import time
-from collections import OrderedDict
-from collections.abc import Sequence
-from pathlib import Path
+import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._base import DEFAULT_CACHE_DIR, Compiler, check_transforms
-from ._tvm import load
-from .errors import BuildFailed, TargetUnavailable
-from .hashing import compile_key
-from .int8_kernel import int8_linear_kernel, pack_int8
-from .int8_ops import INT8_OP_NAME
-from .kernels import bsr_linear_kernel, im2col_kernel, kernel_tiling, pack_bsr
-from .numerics import check_numerics, fixed_inputs
-from .quantize import quantization_error, to_int8
-from .sparse_ops import CONV_OP_NAME, OP_NAME
-from .targets import Target, cross_compiler_path
-from .transforms import shrink, to_block_sparse
-from .tuning import TuningDatabase
-from .tvm_model import TVMModel
+from ..errors import BuildFailed
+from ..ops.int8 import INT8_OP_NAME
+from ..ops.sparse import CONV_OP_NAME, OP_NAME
+from ._api import load
+from .kernels.bsr import bsr_linear_kernel, im2col_kernel, kernel_tiling, pack_bsr
+from .kernels.int8 import int8_linear_kernel, pack_int8
 
-__all__ = ["TVMCompiler", "constant_bytes", "hand_kernels", "prepare_module", "to_tvm_target"]
-
-logger = logging.getLogger(__name__)
-
-_CACHE_SIZE = 32
-
-
-def to_tvm_target(target: Target):  # noqa: ANN201 - tvm.target.Target
-    """The ``tvm.target.Target`` for a taskpack :class:`Target` (detects the host ``-mcpu``)."""
-    tvm = load().tvm
-    if target.arch == "cuda":
-        if not tvm.cuda(0).exist:
-            raise TargetUnavailable(
-                f"target {target.name!r} needs a CUDA GPU, but TVM found none on this machine."
-            )
-        return tvm.target.Target({"kind": "cuda"}, host={"kind": "llvm"})
-    if target.arch == "aarch64":
-        return tvm.target.Target(
-            {
-                "kind": "llvm",
-                "mtriple": "aarch64-linux-gnu",
-                "mcpu": target.mcpu or "generic",
-                "mattr": ["+neon"],
-                "num-cores": target.num_cores or 4,
-            }
-        )
-    mcpu = target.mcpu or tvm.target.codegen.llvm_get_system_cpu()
-    return tvm.target.Target(
-        {"kind": "llvm", "mcpu": mcpu, "num-cores": target.num_cores or os.cpu_count() or 1}
-    )
-
-
-def prepare_module(module: nn.Module, transforms: Sequence[str]) -> nn.Module:
-    """Apply the torch-level transforms (shared by compile and ONNX export)."""
-    model = copy.deepcopy(module).eval()
-    if "shrink" in transforms:
-        model = shrink(model, keep_blocks="block_sparse" in transforms)
-    if "block_sparse" in transforms:
-        model = to_block_sparse(model)
-    if "int8" in transforms:
-        model = to_int8(model)
-    return model
+__all__ = ["constant_bytes", "hand_kernels", "import_relax"]
 
 
 def _param(tensors: dict[str, torch.Tensor], node, op: str) -> np.ndarray:  # noqa: ANN001
@@ -236,100 +178,23 @@ def import_relax(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201
         state = exported.state_dict
         tensors = {name: state[target] for name, target in sig.inputs_to_parameters.items()}
         tensors.update({n: state[t] for n, t in sig.inputs_to_buffers.items() if t in state})
-        return api.from_exported_program(
-            exported,
-            keep_params_as_input=False,
-            unwrap_unit_return_tuple=True,
-            custom_convert_map={
-                OP_NAME: _bsr_converter(tensors),
-                CONV_OP_NAME: _bsr_conv2d_converter(tensors),
-                INT8_OP_NAME: _int8_converter(tensors),
-            },
-        )
+        with warnings.catch_warnings():
+            # torch 2.13's run_decompositions() (called inside TVM's from_exported_program)
+            # warns "`isinstance(treespec, LeafSpec)` is deprecated" on every import.
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            return api.from_exported_program(
+                exported,
+                keep_params_as_input=False,
+                unwrap_unit_return_tuple=True,
+                custom_convert_map={
+                    OP_NAME: _bsr_converter(tensors),
+                    CONV_OP_NAME: _bsr_conv2d_converter(tensors),
+                    INT8_OP_NAME: _int8_converter(tensors),
+                },
+            )
     except BuildFailed:
         raise
     except Exception as exc:
         raise BuildFailed(
             f"torch.export -> Relax import failed for {type(model).__name__}: {exc}"
         ) from exc
-
-
-class TVMCompiler(Compiler):
-    name = "tvm"
-
-    def __init__(self, *, check: bool = True, rtol: float = 1e-4) -> None:
-        self.check, self.rtol = check, rtol
-        self._cache: OrderedDict[str, TVMModel] = OrderedDict()
-
-    def compile(
-        self,
-        module: nn.Module,
-        example_input: torch.Tensor,
-        target: Target,
-        *,
-        transforms: Sequence[str] = (),
-        tune_trials: int = 0,
-        cache_dir: str | Path | None = None,
-    ) -> TVMModel:
-        if tune_trials < 0:
-            raise ValueError(f"`tune_trials >= 0` must hold, but got tune_trials={tune_trials}.")
-        api = load()
-        transforms = check_transforms(transforms)
-        cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-        key = compile_key(
-            module, example_input, target, transforms, backend=self.name,
-            tune_trials=tune_trials, tvm=api.version,
-        )
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        tvm_target = to_tvm_target(target)
-        cross_compiler_path(target)  # fail early when an aarch64 target has no linker
-        prepared = prepare_module(module, transforms)
-        mod = import_relax(prepared, example_input)
-        kernels = hand_kernels(mod)
-        db = TuningDatabase(cache_dir, target)
-        start = time.perf_counter()
-        tuned = 0
-        schedules: dict[str, str] = {}
-        try:
-            if tune_trials > 0:
-                mod = db.legalize(mod, tvm_target)
-                tuned = db.tune(mod, tvm_target, tune_trials)
-                executable = db.apply(mod, tvm_target)
-                schedules = db.schedule_sources(mod, tvm_target)
-            else:
-                executable = api.tvm.compile(mod, target=tvm_target)
-        except (BuildFailed, TargetUnavailable):
-            raise
-        except Exception as exc:
-            raise BuildFailed(f"building for target {target.name!r} failed: {exc}") from exc
-        build_s = time.perf_counter() - start
-        logger.info("built %s for %s in %.2fs (%d workloads tuned)", key, target.name, build_s,
-                    tuned)
-        compiled = TVMModel(
-            backend=self.name,
-            target=target,
-            input_shape=tuple(example_input.shape),
-            transforms=transforms,
-            tuned=tune_trials > 0,
-            tuning_db_hash=db.digest() if tune_trials > 0 else None,
-            compiler_version=f"tvm-{api.version}",
-            key=key,
-            notes={"build_s": build_s, "workloads_tuned": tuned, "schedules": schedules,
-                   "tvm_target": str(tvm_target), "constant_bytes": constant_bytes(mod),
-                   "hand_kernels": kernels},
-            executable=executable,
-        )
-        if self.check and target.kind != "aarch64":
-            inputs = fixed_inputs(example_input)
-            # int8 changes what the model computes: the build must match the quantized module
-            # (same tolerance); the quantization error against the original is recorded apart.
-            reference = prepared if "int8" in transforms else module
-            compiled.numerics = check_numerics(compiled, reference, inputs, rtol=self.rtol)
-            if "int8" in transforms:
-                compiled.notes["int8_error"] = quantization_error(module, prepared, inputs)
-        self._cache[key] = compiled
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return compiled

@@ -9,7 +9,7 @@ layers). ``TuningDatabase`` measures it like any candidate and stores it as an o
 
 from __future__ import annotations
 
-from ._tvm import load
+from ._api import load
 
 __all__ = ["GEMV_MARK", "gemv_schedule", "is_gemv_record"]
 

@@ -1,4 +1,7 @@
-"""A model built by TVM: runs locally, on a remote device over RPC, or is export-only (aarch64)."""
+"""A model built by TVM: runs locally, on a remote device over RPC, or is export-only (aarch64).
+
+Every run and timing first sets TVM's runtime pool to the model's ``threads`` (see ``runtime``).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._base import CompiledModel
-from ._tvm import load
-from .errors import TargetUnavailable
-from .numerics import NumericsReport
+from .._base import CompiledModel
+from ..errors import TargetUnavailable
+from ..numerics import NumericsReport
+from ..targets import cross_compiler_path
+from ._api import load
 from .rpc import call_with_retries, connect
-from .targets import cross_compiler_path
+from .runtime import quiet_vm_serialization, set_threads
 
 __all__ = ["TVMModel", "LIBRARY_NAME"]
 
@@ -43,7 +47,8 @@ class TVMModel(CompiledModel):
         kwargs = {}
         if cc is not None:
             kwargs["fcompile"] = load().cc.cross_compiler(cc)
-        self.executable.export_library(str(folder / LIBRARY_NAME), **kwargs)
+        with quiet_vm_serialization():
+            self.executable.export_library(str(folder / LIBRARY_NAME), **kwargs)
         return {"library": LIBRARY_NAME}
 
     # ---- execution -------------------------------------------------------------------------
@@ -74,11 +79,13 @@ class TVMModel(CompiledModel):
         if self.target.kind != "rpc":
             if self._vm is None:
                 self._connect()
+            set_threads(self.threads)
             return fn()
 
         def attempt():  # noqa: ANN202
             if self._vm is None:
                 self._connect()
+            set_threads(self.threads, self._session)
             return fn()
 
         return call_with_retries(

@@ -1,14 +1,8 @@
-"""Compile-time transforms of a task's subnetwork, done on the torch module before export.
+"""The ``shrink`` transform: remove output units that are zero for every input.
 
-* :func:`shrink` removes output units (neurons / channels) that are identically zero for the task
-  and the matching inputs of their consumer, so every backend sees smaller shapes.
-* :func:`to_block_sparse` swaps linear and conv layers whose weights follow a block pattern for
-  :class:`~compilers.sparse_ops.BlockSparseLinear` /
-  :class:`~compilers.sparse_ops.BlockSparseConv2d`, which the TVM backend lowers to a TIR kernel
-  (convs through im2col).
-
-Both work on ``nn.Sequential`` models built from standard layers; anything else is returned
-unchanged (dense compile), never rejected.
+Removes output units (neurons / channels) that are identically zero for the task and the matching
+inputs of their consumer, so every backend sees smaller shapes. Works on ``nn.Sequential`` models
+of standard layers; anything else is returned unchanged (dense compile), never rejected.
 """
 
 from __future__ import annotations
@@ -16,40 +10,17 @@ from __future__ import annotations
 import copy
 import logging
 
-import numpy as np
 import torch
 from torch import nn
 
-from .sparse_ops import BlockSparseConv2d, BlockSparseLinear, conv_qualifies
+from ._block_sparse import _block_shape, _flatten
 
-__all__ = ["BLOCK_SHAPES", "block_density", "choose_block_shape", "shrink", "to_block_sparse"]
+__all__ = ["shrink"]
 
 logger = logging.getLogger(__name__)
 
-# Block shapes the kernel runs fast, best first: the kernel vectorizes along a block's rows
-# (output units), so tall blocks (16x1, 8x1) fill a SIMD register; 1x16 would not (DESIGN §5).
-BLOCK_SHAPES: tuple[tuple[int, int], ...] = ((16, 1), (8, 1), (4, 4), (4, 1))
-# A block-sparse layer pays off when at most this fraction of its blocks is kept.
-MAX_BLOCK_DENSITY = 0.5
-# Bumped when a transform changes what it builds, so compile and latency caches keyed by
-# compilers.hashing do not serve results of the old transform (2: block-aware shrink).
-TRANSFORMS_VERSION = 2
-
 _PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
 
-
-def _flatten(module: nn.Module) -> list[nn.Module] | None:
-    if not isinstance(module, nn.Sequential):
-        return None
-    layers: list[nn.Module] = []
-    for child in module:
-        if isinstance(child, nn.Sequential):
-            inner = _flatten(child)
-            assert inner is not None
-            layers.extend(inner)
-        else:
-            layers.append(child)
-    return layers
 
 
 def _bn_zero_output(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
@@ -178,15 +149,6 @@ def shrink(module: nn.Module, *, keep_blocks: bool = False) -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
-def _block_shape(layer: nn.Module) -> tuple[int, int] | None:
-    """The block shape ``to_block_sparse`` would give ``layer`` (heads aside), else None."""
-    if isinstance(layer, nn.Linear):
-        return choose_block_shape(layer.weight)
-    if isinstance(layer, nn.Conv2d) and conv_qualifies(layer):
-        return choose_block_shape(layer.weight.reshape(layer.weight.shape[0], -1))
-    return None
-
-
 def _zero_consumer_inputs(layer: nn.Module, zero: torch.Tensor, spatial: int) -> nn.Module:
     """``layer`` with the weights reading the units in ``zero`` set to 0 (shapes unchanged)."""
     new = copy.deepcopy(layer)
@@ -196,56 +158,3 @@ def _zero_consumer_inputs(layer: nn.Module, zero: torch.Tensor, spatial: int) ->
         else:
             new.weight[:, zero] = 0
     return new
-
-
-def block_density(weight: np.ndarray, bh: int, bw: int) -> float:
-    """Fraction of (bh, bw) blocks of a 2-D weight holding any nonzero."""
-    m, k = weight.shape
-    blocks = weight.reshape(m // bh, bh, k // bw, bw)
-    return float((blocks != 0).any(axis=(1, 3)).mean())
-
-
-def choose_block_shape(weight: torch.Tensor | np.ndarray) -> tuple[int, int] | None:
-    """The fastest block shape that covers the weight's nonzeros sparsely enough, or None.
-
-    Shapes are tried best-kernel first; the first whose kept-block fraction is at most
-    ``MAX_BLOCK_DENSITY`` wins (a 16x1-pruned weight is also 8x1-sparse, so order matters).
-    """
-    w = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else weight
-    m, k = w.shape
-    for bh, bw in BLOCK_SHAPES:
-        if m % bh or k % bw:
-            continue
-        if block_density(w, bh, bw) <= MAX_BLOCK_DENSITY:
-            return bh, bw
-    return None
-
-
-def to_block_sparse(module: nn.Module, *, keep_head_dense: bool = True) -> nn.Module:
-    """Replace block-sparse ``nn.Linear`` / ``nn.Conv2d`` layers (and a directly following ReLU)
-    by the kernel ops.
-
-    A conv qualifies when it has groups 1 and integer zero padding (any stride / dilation) and its
-    weight, viewed as (O, C*kh*kw), is block-sparse; other convs stay dense. The head (last Linear)
-    stays dense by default: it is small and owned by one task.
-    """
-    layers = _flatten(module)
-    if layers is None:
-        return module
-    linear_idx = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
-    head = linear_idx[-1] if (keep_head_dense and linear_idx) else None
-    out: list[nn.Module] = []
-    skip_next = False
-    for i, layer in enumerate(layers):
-        if skip_next:
-            skip_next = False
-            continue
-        shape = None if i == head else _block_shape(layer)
-        if shape is None:
-            out.append(copy.deepcopy(layer))
-            continue
-        relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-        kind = BlockSparseLinear if isinstance(layer, nn.Linear) else BlockSparseConv2d
-        out.append(kind(layer, *shape, relu=relu))
-        skip_next = relu
-    return nn.Sequential(*out).eval()

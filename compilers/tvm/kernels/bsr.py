@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._tvm import load
+from .._api import load
 
 __all__ = ["BSRWeight", "bsr_linear_kernel", "im2col_kernel", "kernel_tiling", "pack_bsr"]
 

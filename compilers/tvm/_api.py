@@ -1,9 +1,8 @@
 """The one place that imports Apache TVM.
 
-Everything else in ``compilers`` gets TVM through :func:`load`, so ``import compilers`` stays light
-(no TVM import at all) and a machine without TVM gets one clear error naming the package to
-install instead of an ImportError from deep inside a backend.
-"""
+Everything else in ``compilers`` (all of it in ``compilers.tvm``) gets TVM through :func:`load`, so
+``import compilers`` stays light (no TVM import at all) and a machine without TVM gets one clear
+error naming the package to install instead of an ImportError from deep inside a backend."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from types import SimpleNamespace
 
-from .errors import TargetUnavailable
+from ..errors import TargetUnavailable
 
 __all__ = ["available", "load", "rpc_tracker_class"]
 

@@ -5,7 +5,7 @@ database per (TVM version, target code-generation settings) is reused across tri
 a layer shape tuned once is never tuned again, and building an already-tuned model only applies
 the records (well under 2 s). Folder: ``<cache_dir>/tvm-<version>/<arch>-<target key>/``.
 
-Small-batch dense workloads also get the fixed GEMV schedule of :mod:`compilers.dense_schedule`
+Small-batch dense workloads also get the fixed GEMV schedule of :mod:`compilers.tvm.dense_schedule`
 as a measured candidate, so the database's best record (MetaSchedule's or that one) is what a
 build applies; :meth:`TuningDatabase.schedule_sources` says which won for each workload.
 """
@@ -16,13 +16,14 @@ import contextlib
 import hashlib
 import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from ._tvm import load
+from ..errors import BuildFailed
+from ..targets import Target
+from ._api import load
 from .dense_schedule import GEMV_MARK, gemv_schedule, is_gemv_record
-from .errors import BuildFailed
-from .targets import Target
 
 __all__ = ["GEMV_MARK", "TuningDatabase", "gemv_schedule"]
 
@@ -78,7 +79,11 @@ def _in_process_builder(api):  # noqa: ANN001, ANN202
             results = []
             for item in build_inputs:
                 try:
-                    lib = local_builder.default_build(item.mod, item.target, item.params)
+                    with warnings.catch_warnings():
+                        # TVM 0.27's default_build calls its own deprecated tvm.build
+                        warnings.filterwarnings("ignore", message="build is deprecated",
+                                                category=DeprecationWarning)
+                        lib = local_builder.default_build(item.mod, item.target, item.params)
                     results.append(ms.builder.BuilderResult(local_builder.default_export(lib),
                                                             None))
                 except Exception as exc:  # noqa: BLE001 - reported to MetaSchedule as a failure

@@ -2,10 +2,9 @@
 
 ``torch.export`` keeps custom ops as single graph nodes, so the TVM importer sees
 ``taskpack::int8_linear(x, qweight, scale, bias, relu)`` with the int8 weight and its scales as
-constants and swaps in the int8 TIR kernel (see ``tvm_backend`` and ``int8_kernel``). In eager mode
-the op is a dense fp32 linear on the dequantized weight ``qweight * scale[:, None]`` (+ ReLU): the
-numerical reference of the int8 build.
-"""
+constants and swaps in the int8 TIR kernel (see ``compilers.tvm.importer`` and
+``compilers.tvm.kernels.int8``). In eager mode the op is a dense fp32 linear on the dequantized
+weight ``qweight * scale[:, None]`` (+ ReLU): the numerical reference of the int8 build."""
 
 from __future__ import annotations
 

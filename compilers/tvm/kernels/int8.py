@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._tvm import load
-from .kernels import kernel_tiling
+from .._api import load
+from .bsr import kernel_tiling
 
 __all__ = ["Int8Weight", "VECTORS", "int8_linear_kernel", "pack_int8"]
 
