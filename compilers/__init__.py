@@ -27,7 +27,6 @@ from .transforms import (
     TransformContext,
     apply_transforms,
     check_transforms,
-    parse_block_pattern,
     register_transform,
     transform_names,
 )
@@ -60,7 +59,6 @@ __all__ = [
     "layer_realizability",
     "load_bundle",
     "measure",
-    "parse_block_pattern",
     "register_compiler",
     "register_transform",
     "transform_names",

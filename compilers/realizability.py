@@ -1,4 +1,4 @@
-"""Which compression choices turn into speed on which target (DESIGN §5), for the search.
+"""Which compression choices turn into speed on which target (docs/compilers.md), for the search.
 
 ``speed-realizable``: a kernel or shape change in this package makes the layer faster on the
 target. ``storage-only``: the choice saves bytes in the store but runs as dense fp32 there.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .targets import Target
-from .transforms import BLOCK_SHAPES, MAX_BLOCK_DENSITY, parse_block_pattern
+from .transforms import BLOCK_SHAPES, MAX_BLOCK_DENSITY
 
 __all__ = ["LayerSpec", "Realizability", "layer_realizability"]
 
@@ -26,7 +26,8 @@ class LayerSpec:
     out_features: int
     in_features: int
     sparsity: float
-    pattern: str  # "unstructured" | "n:m" | "block(h,w)" | "channel"
+    pattern: Literal["unstructured", "nm", "block", "channel"]  # parsed by the caller
+    block: tuple[int, int] | None = None  # (h, w) of a ``block`` pattern
     bits: int = 32
     groups: int = 1  # conv2d: the block-sparse conv kernel runs groups 1 only
 
@@ -42,7 +43,7 @@ def layer_realizability(spec: LayerSpec, target: Target,
         return "speed-realizable"  # the int8 weight kernel reads 4x fewer bytes than fp32
     if spec.pattern == "channel" and spec.sparsity > 0 and "shrink" in transforms:
         return "speed-realizable"  # shrink removes the channels on every backend
-    block = parse_block_pattern(spec.pattern)
+    block = spec.block if spec.pattern == "block" else None
     # conv2d: ``in_features`` is C*kh*kw (the weight viewed as (O, C*kh*kw), as the kernel sees
     # it; C alone also works for the 16x1 / 8x1 / 4x1 blocks, which need O % bh == 0 only).
     if (

@@ -64,6 +64,7 @@ def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
 def realizability_labels(target_cfg, shapes: dict[str, tuple[int, ...]]):
     """plans -> {layer: "speed-realizable" | "storage-only"} on the target (compilers' rule)."""
     from compilers import LayerSpec, layer_realizability
+    from pipeline.recipe import Pattern
     from pipeline.targets import to_target
 
     target = to_target(target_cfg)
@@ -72,9 +73,12 @@ def realizability_labels(target_cfg, shapes: dict[str, tuple[int, ...]]):
         out = {}
         for name, plan in plans.items():
             shape = shapes[name]
+            pattern = Pattern.parse(plan.pattern)
             spec = LayerSpec(kind="linear" if len(shape) == 2 else "conv2d",
                              out_features=shape[0], in_features=int(math.prod(shape[1:])),
-                             sparsity=plan.sparsity, pattern=plan.pattern, bits=plan.bits)
+                             sparsity=plan.sparsity, pattern=pattern.kind,  # type: ignore[arg-type]
+                             block=(pattern.a, pattern.b) if pattern.kind == "block" else None,
+                             bits=plan.bits)
             out[name] = layer_realizability(spec, target, target_cfg.transforms)
         return out
 

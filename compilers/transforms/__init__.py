@@ -24,7 +24,6 @@ from ._block_sparse import (
     MAX_BLOCK_DENSITY,
     block_density,
     choose_block_shape,
-    parse_block_pattern,
     to_block_sparse,
 )
 from ._builtin import BlockSparseTransform, Int8Transform, ShrinkTransform
@@ -38,7 +37,7 @@ __all__ = [
     "BLOCK_SHAPES", "MAX_BLOCK_DENSITY", "TRANSFORMS", "TRANSFORMS_VERSION",
     "BlockSparseTransform", "Int8Transform", "ShrinkTransform", "Transform", "TransformContext",
     "apply_transforms", "block_density", "changes_numerics", "check_transforms",
-    "choose_block_shape", "dequantize_int8", "get_transform", "parse_block_pattern",
+    "choose_block_shape", "dequantize_int8", "get_transform",
     "quantization_error", "register_transform", "shrink", "to_block_sparse", "to_int8",
     "transform_names",
 ]

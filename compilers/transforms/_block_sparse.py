@@ -18,22 +18,15 @@ from ..ops.sparse import BlockSparseConv2d, BlockSparseLinear, conv_qualifies
 
 __all__ = [
     "BLOCK_SHAPES", "MAX_BLOCK_DENSITY", "block_density", "choose_block_shape",
-    "parse_block_pattern", "to_block_sparse",
+    "to_block_sparse",
 ]
 
 # Block shapes the kernel runs fast, best first: the kernel vectorizes along a block's rows
-# (output units), so tall blocks (16x1, 8x1) fill a SIMD register; 1x16 would not (DESIGN §5).
+# (output units), so tall blocks (16x1, 8x1) fill a SIMD register; 1x16 would not
+# (docs/compilers.md).
 BLOCK_SHAPES: tuple[tuple[int, int], ...] = ((16, 1), (8, 1), (4, 4), (4, 1))
 # A block-sparse layer pays off when at most this fraction of its blocks is kept.
 MAX_BLOCK_DENSITY = 0.5
-
-
-def parse_block_pattern(pattern: str) -> tuple[int, int] | None:
-    """``"block(h,w)"`` -> ``(h, w)``; any other pattern string -> None."""
-    if not (pattern.startswith("block(") and pattern.endswith(")")):
-        return None
-    h, w = pattern[len("block("):-1].split(",")
-    return int(h), int(w)
 
 
 def _flatten(module: nn.Module) -> list[nn.Module] | None:

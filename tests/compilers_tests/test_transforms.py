@@ -127,12 +127,11 @@ def test_to_block_sparse_fuses_relu_and_keeps_head_dense() -> None:
 
 def test_layer_realizability() -> None:
     host, cuda = Target.host(), Target.cuda()
-    blocky = LayerSpec("linear", 2000, 784, sparsity=0.9, pattern="block(16,1)")
+    blocky = LayerSpec("linear", 2000, 784, sparsity=0.9, pattern="block", block=(16, 1))
     assert layer_realizability(blocky, host) == "speed-realizable"
     assert layer_realizability(blocky, cuda) == "storage-only"
-    assert layer_realizability(LayerSpec("linear", 64, 64, 0.9, "block(1,16)"), host) == (
-        "storage-only"
-    )
+    wide = LayerSpec("linear", 64, 64, 0.9, "block", block=(1, 16))
+    assert layer_realizability(wide, host) == "storage-only"
     assert layer_realizability(LayerSpec("linear", 64, 64, 0.9, "unstructured"), host) == (
         "storage-only"
     )
@@ -140,14 +139,14 @@ def test_layer_realizability() -> None:
         "speed-realizable"
     )
     # conv blocks (weight viewed as (O, C*kh*kw)) run im2col + the BSR kernel on CPU targets
-    conv_blocky = LayerSpec("conv2d", 128, 64 * 9, sparsity=0.9, pattern="block(16,1)")
+    conv_blocky = LayerSpec("conv2d", 128, 64 * 9, sparsity=0.9, pattern="block", block=(16, 1))
     assert layer_realizability(conv_blocky, host) == "speed-realizable"
     assert layer_realizability(conv_blocky, Target.aarch64()) == "speed-realizable"
     assert layer_realizability(conv_blocky, cuda) == "storage-only"
     assert layer_realizability(conv_blocky, host, transforms=("shrink",)) == "storage-only"
-    grouped = LayerSpec("conv2d", 128, 64 * 9, 0.9, "block(16,1)", groups=2)
+    grouped = LayerSpec("conv2d", 128, 64 * 9, 0.9, "block", (16, 1), groups=2)
     assert layer_realizability(grouped, host) == "storage-only"  # the conv kernel is groups 1
-    assert layer_realizability(LayerSpec("conv2d", 128, 576, 0.3, "block(16,1)"), host) == (
+    assert layer_realizability(LayerSpec("conv2d", 128, 576, 0.3, "block", block=(16, 1)), host) == (
         "storage-only"  # 70% of blocks kept: above MAX_BLOCK_DENSITY
     )
     assert layer_realizability(LayerSpec("conv2d", 128, 576, 0.9, "unstructured"), host) == (

@@ -3,7 +3,8 @@
 Layout: the weight W (M x K) is cut into (bh x bw) blocks; only blocks holding a nonzero are
 stored, block row by block row (BSR). Each stored block is transposed to (bw, bh) so the kernel's
 innermost, vectorized loop runs over bh *output* units with unit stride: a 16x1 block is exactly
-one AVX-512 register of fp32. That is why tall blocks are fast and wide ones are not (DESIGN §5).
+one AVX-512 register of fp32. That is why tall blocks are fast and wide ones are not
+(docs/compilers.md).
 The block data is fp32, or int8 codes after the ``int8`` transform (converted to fp32 in registers;
 the per-row scale multiplies the accumulated sum once; fp32 weights use scale 1, which is exact).
 
