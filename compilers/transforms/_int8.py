@@ -9,8 +9,8 @@ converts it to fp32 in registers; see ``compilers.tvm.kernels.int8``.
 Block-sparse layers (``block_sparse`` runs first) keep their BSR kernel with int8 block data and
 per-row scales. What stays fp32: convolutions, block-sparse ones included (no int8 conv kernel
 here; docs/compilers.md records int8 conv slower than fp32 on this CPU; and the eager int8
-reference keeps convs fp32, so an int8 BSR conv would break "eager int8 == TVM int8") and all activations
-(int8 activations are not implemented).
+reference keeps convs fp32, so an int8 BSR conv would break "eager int8 == TVM int8") and all
+activations (int8 activations are not implemented).
 
 The int8 model is *not* numerically the original one: the compile check compares the build with
 the quantized module in eager (tolerance unchanged), and the quantization error against the
