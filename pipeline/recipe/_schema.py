@@ -223,7 +223,7 @@ class TargetConfig(_Section):
 
     name: str = Field(min_length=1)
     kind: Literal["host", "aarch64", "cuda", "rpc"] = "host"
-    backend: Literal["eager", "tvm"] = "eager"
+    backend: str = Field(default="eager", description="a registered compiler (eager, tvm, ...)")
     mcpu: str | None = Field(default=None, description="LLVM -mcpu; None = detect the host")
     tune_trials: int = Field(default=0, ge=0, description="MetaSchedule trials per workload")
     threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(
@@ -233,9 +233,30 @@ class TargetConfig(_Section):
     rpc: RPCConfig | None = None
     remote_arch: Literal["host", "aarch64"] = Field(
         default="host", description="rpc targets: which code the remote device runs")
-    transforms: list[Literal["shrink", "block_sparse", "int8"]] = Field(
+    transforms: list[str] = Field(
         default=["shrink", "block_sparse"],
-        description="compile-time transforms that turn the task's structure into speed")
+        description="registered compile-time transforms (shrink, block_sparse, int8, ...) that "
+                    "turn the task's structure into speed")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_registered(cls, v: str) -> str:
+        from compilers import compiler_names  # the registry, imported when a recipe is checked
+
+        if v not in compiler_names():
+            raise ValueError(f"must be a registered compiler {list(compiler_names())}, got {v!r}")
+        return v
+
+    @field_validator("transforms")
+    @classmethod
+    def _transforms_registered(cls, v: list[str]) -> list[str]:
+        from compilers import transform_names
+
+        unknown = [t for t in v if t not in transform_names()]
+        if unknown:
+            raise ValueError(f"must be registered transforms {list(transform_names())}, "
+                             f"got {unknown}")
+        return v
 
     @model_validator(mode="after")
     def _rpc_needs_config(self) -> TargetConfig:
