@@ -52,7 +52,8 @@ def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
         result = Latency(m.median_ms, m.p90_ms, tuned=m.tuned,
                          seconds=time.perf_counter() - start,
                          workloads=len(notes.get("schedules", {})),
-                         workloads_tuned=int(notes.get("workloads_tuned", 0)))
+                         workloads_tuned=int(notes.get("workloads_tuned", 0)),
+                         threads=m.threads)
         log.debug("latency %.4f ms at %d threads (%s)", m.median_ms, m.threads, key)
         cache[key] = asdict(result)
         atomic_write(table, lambda f: f.write(json.dumps(cache).encode()))

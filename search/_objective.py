@@ -38,6 +38,7 @@ class Latency:
     seconds: float = 0.0  # compile + tune + measure time charged to the budget
     workloads: int = 0  # dense workloads in the build that take a tuned schedule
     workloads_tuned: int = 0  # of those, how many were not in the tuning database yet
+    threads: int = 0  # runtime threads the measurement ran with (0: not recorded)
 
 
 LatencyFn = Callable[[nn.Module, torch.Tensor], Latency]

@@ -52,7 +52,8 @@ class LatencyObjective(Objective):
 
     def metrics(self, result: TrialResult, ctx: ScoreContext) -> dict[str, float]:
         return {self.metric: self.value(result, ctx),
-                "latency_p90_ms": float(result.latency.p90_ms)}
+                "latency_p90_ms": float(result.latency.p90_ms),
+                "latency_threads": float(result.latency.threads)}
 
     def constraint(self, value: float, limits: SearchConstraints,
                    ctx: ScoreContext) -> float | None:

@@ -66,6 +66,7 @@ def test_pareto_fronts_are_in_mlflow(tmp_path: Path) -> None:
             assert {"val_accuracy", "latency_median_ms", "latency_p90_ms",
                     "store_bytes"} <= m.keys()
             assert m["latency_median_ms"] > 0 and m["store_bytes"] > 0
+            assert m["latency_threads"] == 1  # batch-1 latency runs on one thread by default
             assert r.data.tags["pareto"] in ("true", "false")
             assert r.data.tags["label.backbone.1"] in ("speed-realizable", "storage-only")
         for r in trials:
