@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup toolchain data lint clean
+.PHONY: demo test setup toolchain data lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,12 +29,19 @@ demo: data
 	$(BIN)/taskpack run recipes/quickstart.yaml --fresh
 	$(BIN)/taskpack inspect mlruns/runs/quickstart/store.tpk
 
+TYPECHECK := $(BIN)/mypy pipeline search compilers
+
+# Any non-zero exit fails the recipe, pytest's 5 (no tests collected) included.
 test: data
 	$(BIN)/ruff check pipeline search compilers tests benchmarks
+	$(TYPECHECK)
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check pipeline search compilers tests benchmarks
+
+typecheck: setup
+	$(TYPECHECK)
 
 clean:
 	rm -rf $(VENV) mlruns

@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -47,13 +48,13 @@ class Bars:
     def advance(self, bar: int, steps: int = 1, info: str | None = None) -> None:
         if self._progress is not None and bar >= 0:
             if info is None:
-                self._progress.advance(bar, steps)
+                self._progress.advance(TaskID(bar), steps)
             else:
-                self._progress.update(bar, advance=steps, info=info)
+                self._progress.update(TaskID(bar), advance=steps, info=info)
 
     def remove(self, bar: int) -> None:
         if self._progress is not None and bar >= 0:
-            self._progress.remove_task(bar)
+            self._progress.remove_task(TaskID(bar))
 
     @contextmanager
     def bar(self, description: str, total: int, keep: bool = False) -> Iterator[int]:

@@ -9,6 +9,7 @@ as dense tensors (zeros where the task's mask is off). Architectures that are no
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ def _sequential(model: ContinualNet, snapshot: dict[str, torch.Tensor],
             continue  # identity at inference
         else:
             layers.append(copy.deepcopy(m))
-    head = model.heads[task]
+    head = cast(nn.Linear, model.heads[task])  # ContinualNet.add_task appends nn.Linear heads
     out = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
     out.weight.data.copy_(snapshot[f"heads.{task}.weight"])
     if head.bias is not None:

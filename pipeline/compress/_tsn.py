@@ -135,7 +135,9 @@ def finetune_own(ctx: CompressContext, layers: dict[str, LayerResult], epochs: i
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for n in names:
-                params[n].grad.mul_(layers[n].own)  # only own positions learn
+                grad = params[n].grad
+                assert grad is not None  # every param is in the graph of `loss`
+                grad.mul_(layers[n].own)  # only own positions learn
             opt.step()
     with torch.no_grad():
         for n in names:

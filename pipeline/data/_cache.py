@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,8 +59,9 @@ def check_cached(name: str, cache_dir: Path | None = None) -> None:
 def save_images(path: Path, images: Images) -> None:
     """Write ``images`` to ``path`` atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.savez(
-        f, **{k: np.ascontiguousarray(v) for k, v in images._asdict().items()}))
+    # Any-valued, so mypy does not match the keys against savez's `allow_pickle: bool`
+    arrays: dict[str, Any] = {k: np.ascontiguousarray(v) for k, v in images._asdict().items()}
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_cached(name: str, cache_dir: Path | None = None) -> Images:

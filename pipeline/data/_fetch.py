@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from numpy._core.multiarray import _reconstruct
 
 from pipeline.data._cache import DATASETS_FETCHABLE, PRETTY, npz_path, save_images
 from pipeline.data._idx import parse_idx, read_idx_bytes
@@ -202,8 +203,8 @@ class _NumpyUnpickler(pickle.Unpickler):
     """Unpickles only numpy arrays: defence in depth on top of the SHA-256 check."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,  # protocol-2 pickles written by Python 3 use it

@@ -175,8 +175,8 @@ def try_read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray |
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert(mode)
+        with Image.open(path) as src:
+            im = src.convert(mode)
     except (OSError, UnidentifiedImageError):
         return None
     if im.size != size:

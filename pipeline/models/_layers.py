@@ -74,18 +74,18 @@ class _StraightThrough(torch.autograd.Function):
     """Forward: the top-c mask as floats. Backward: the gradient passes to |score| unchanged."""
 
     @staticmethod
-    def forward(ctx, abs_scores: torch.Tensor, density: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, abs_scores: torch.Tensor, density: float) -> torch.Tensor:
         return topc_mask(abs_scores, density).to(abs_scores.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
 class MaskedLayer(nn.Module):
     """Mixin state shared by MaskedLinear and MaskedConv2d."""
 
-    weight: nn.Parameter
+    weight: torch.Tensor  # as nn.Linear / nn.Conv2d declare it (a Parameter at runtime)
     score: nn.Parameter
 
     def _init_masking(self) -> None:
@@ -128,6 +128,11 @@ class MaskedLinear(nn.Linear, MaskedLayer):
 
 
 class MaskedConv2d(nn.Conv2d, MaskedLayer):
+    # nn.Conv2d stores these as 2-tuples (torch's _ConvNd declares tuple[int, ...])
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: str | tuple[int, int]
+
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1,
                  padding: int = 0) -> None:
         super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=False)

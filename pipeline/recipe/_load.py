@@ -11,12 +11,13 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from pipeline.errors import RecipeError
 from pipeline.recipe._schema import Recipe
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     """One readable phrase for one pydantic error."""
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     limits = {

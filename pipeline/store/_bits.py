@@ -8,11 +8,15 @@ least significant bit first. For b in {8, 16, 32} this is exactly the little-end
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from pipeline.errors import StoreError
 
-_FAST_DTYPES = {8: np.dtype("<u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4")}
+_FAST_DTYPES: dict[int, np.dtype[np.unsignedinteger[Any]]] = {
+    8: np.dtype("<u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4")
+}
 
 
 def packed_size(count: int, bits: int) -> int:

@@ -50,15 +50,14 @@ def tensor_to_bytes(t: torch.Tensor) -> bytes:
 
 def check_entry(e: object, what: str) -> None:
     """A tensor entry of a task's meta must name a known dtype and a shape matching its length."""
-    ok = (
+    if not (
         isinstance(e, dict)
         and isinstance(e.get("name"), str)
         and e.get("dtype") in DTYPES
         and isinstance(e.get("shape"), list)
         and all(isinstance(s, int) and s >= 0 for s in e["shape"])
         and isinstance(e.get("length"), int)
-    )
-    if not ok:
+    ):
         raise StoreError(f"{what}: tensor entries must have name/dtype/shape/length, found {e!r}")
     need = math.prod(e["shape"]) * torch.empty(0, dtype=DTYPES[e["dtype"]]).element_size()
     if e["length"] != need:

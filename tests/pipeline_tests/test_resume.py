@@ -37,6 +37,14 @@ def _cli(out: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen
                                             **(extra_env or {})})
 
 
+def _close_pipes(proc: subprocess.Popen) -> None:
+    """A killed process's pipes are not read: close them (else ResourceWarning: unclosed file).
+    Not communicate(): a grandchild that inherited the pipes could keep them open."""
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def test_sigkill_during_commit_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "killed" / "quickstart"
     store_path = run_dir / "store.tpk"
@@ -50,10 +58,13 @@ def test_sigkill_during_commit_then_resume_matches_an_uninterrupted_run(tmp_path
         time.sleep(0.1)
     else:
         proc.kill()
+        proc.wait()
+        _close_pipes(proc)
         pytest.fail("the run never reached the second commit")
     before_kill = store_path.read_bytes()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    _close_pipes(proc)
     assert proc.returncode == -signal.SIGKILL
     # the previous store is readable and intact: exactly task 0, same bytes as before the kill
     assert store_path.read_bytes() == before_kill

@@ -112,6 +112,14 @@ def _cli(out: Path) -> subprocess.Popen:
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+def _close_pipes(proc: subprocess.Popen) -> None:
+    """A killed process's pipes are not read: close them (else ResourceWarning: unclosed file).
+    Not communicate(): a grandchild that inherited the pipes could keep them open."""
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def _complete(journal: Path, name: str) -> list[dict]:
     import optuna
     from optuna.storages.journal import JournalFileBackend
@@ -134,6 +142,7 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path: Path
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    _close_pipes(proc)
     before = _complete(journal, "quickstart-task-0")
     assert 2 <= len(before) < 4, "kill the search in the middle"
     resumed = _cli(tmp_path / "killed")
