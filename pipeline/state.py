@@ -11,6 +11,7 @@ committed tasks never change. Files are written atomically (temp + rename) and h
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def load_state(s: Session, result: RunResult) -> int:
         m.rows.append([evaluate_snapshot(s.model, committed_snapshot(s.store, j), j,
                                          s.tests[j], bs)[0] for j in range(i + 1)])
     for t in range(n):
-        rec = data["records"][t] if t < len(data["records"]) else {
+        rec: dict[str, Any] = data["records"][t] if t < len(data["records"]) else {
             "index": t, "name": s.stream.task_info(t)[0],
             "acc_at_commit": m.rows[t][t], "val_acc": float("nan"), "compression": {}}
         result.tasks.append(TaskRecord(rec["index"], rec["name"], None, None,

@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
         start = time.perf_counter()
         compiled = compiler.compile(module, example, target, options)
         m = measure(compiled, example)
-        notes = compiled.notes or {}
+        notes: dict[str, Any] = compiled.notes or {}
         result = Latency(m.median_ms, m.p90_ms, tuned=m.tuned,
                          seconds=time.perf_counter() - start,
                          workloads=len(notes.get("schedules", {})),
@@ -71,7 +72,7 @@ def realizability_labels(target_cfg, shapes: dict[str, tuple[int, ...]]):
     target = to_target(target_cfg)
 
     def labels(plans) -> dict[str, str]:
-        out = {}
+        out: dict[str, str] = {}
         for name, plan in plans.items():
             shape = shapes[name]
             pattern = Pattern.parse(plan.pattern)

@@ -41,10 +41,11 @@ def _png(rows: list[dict], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for group, style in ((False, dict(marker="x", color="lightgray", label="dominated")),
-                         (True, dict(marker="o", color="tab:blue", label="Pareto front"))):
+    for group, marker, color, label in ((False, "x", "lightgray", "dominated"),
+                                        (True, "o", "tab:blue", "Pareto front")):
         pts = [r for r in rows if r["pareto"] == group and r["feasible"]]
-        ax.scatter([r["_ms"] for r in pts], [r["_acc"] for r in pts], **style)
+        ax.scatter([r["_ms"] for r in pts], [r["_acc"] for r in pts], marker=marker,
+                   color=color, label=label)
     bad = [r for r in rows if not r["feasible"]]
     if bad:
         ax.scatter([r["_ms"] for r in bad], [r["_acc"] for r in bad], marker=".",

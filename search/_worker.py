@@ -51,8 +51,9 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
     with np.load(state, allow_pickle=False) as z:
         s.model.load_state_dict({k.removeprefix("state/"): torch.from_numpy(z[k])
                                  for k in z.files if k.startswith("state/")})
-        masks = TaskMasks(*({k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files
-                             if k.startswith(f"{part}/")} for part in ("mask", "own", "shared")))
+        mask, own, shared = ({k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files
+                              if k.startswith(f"{part}/")} for part in ("mask", "own", "shared"))
+    masks = TaskMasks(mask, own, shared)
     tracker = tracker or NoopTracker()
     parent_id = json.loads(meta.read_text()).get("mlflow_run_id")
     run = tracker.open(parent_id) if parent_id else tracker.start(f"task-{task}-worker")

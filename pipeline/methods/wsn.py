@@ -46,7 +46,7 @@ class WSN(Method):
         layers = self.model.masked_layers().values()
         state = dict(self.model.named_parameters())
         own = [state[n] for n in self.model.task_param_names(task) if n in state]
-        groups = [
+        groups: list[dict] = [
             {"params": [m.weight for m in layers], "weight_decay": 0.0},
             {"params": [m.score for m in layers], "weight_decay": 0.0},
             {"params": own},
