@@ -77,7 +77,7 @@ def main() -> int:
     print(f"# {recipe.name}: {len(result.tasks)} tasks, {recipe.search.trials} trials/task, "
           f"sampler {recipe.search.sampler}, target {target_cfg.name} "
           f"(tune_trials {target_cfg.tune_trials}, transforms {target_cfg.transforms})")
-    print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads; batch 1; "
+    print(f"# machine: {platform.machine()}, torch {torch.get_num_threads()} threads; batch 1; "
           f"latencies: median of {ROUNDS} interleaved measurements")
     print("\n| task | val acc uncompressed | val acc selected | drop | test acc (store) | "
           "selected ms | TVM tuned dense ms | ORT dense ms | vs TVM dense | vs ORT | "
@@ -91,13 +91,17 @@ def main() -> int:
         if example is None:
             shape = (1, *prepare(recipe).stream.input_shape)
             example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        sel, dense, ort = interleaved_ms([
+        builds = [
             tvm.compile(module, example, target, CompileOptions(
                 transforms=tuple(target_cfg.transforms), tune_trials=target_cfg.tune_trials,
                 cache_dir=cache)),
             tvm.compile(module, example, target, CompileOptions(
                 tune_trials=target_cfg.tune_trials, cache_dir=cache)),
-            onnx_model(module, example)], example)
+            onnx_model(module, example, target_cfg.threads)]
+        if t == 0:
+            print("# runtime threads: selected {}, TVM dense {}, ORT {}".format(
+                *(b.threads for b in builds)))
+        sel, dense, ort = interleaved_ms(builds, example)
         ref, got = c.get("search_reference_val_acc", float("nan")), c.get(
             "search_chosen_val_acc", float("nan"))
         print(f"| {t} | {ref:.2f} | {got:.2f} | {ref - got:+.2f} | {rec.acc_at_commit:.2f} | "
