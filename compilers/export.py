@@ -67,7 +67,8 @@ def export_bundle(
     folder.mkdir(parents=True, exist_ok=True)
     compiler = compiler or TVMCompiler()
     options = CompileOptions(transforms=tuple(transforms), tune_trials=tune_trials,
-                             cache_dir=cache_dir, threads=threads)
+                             cache_dir=None if cache_dir is None else Path(cache_dir),
+                             threads=threads)
     compiled = compiler.compile(module, example_input, target, options)
     files = compiled.export(folder)
     onnx_module = apply_transforms(module, options.transforms, kernels=False)

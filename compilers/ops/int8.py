@@ -55,6 +55,11 @@ class Int8Linear(nn.Module):
     Buffers: ``qweight`` (out, in) int8, ``scale`` (out,) fp32, ``bias`` (out,) fp32 or None.
     """
 
+    # Buffers registered in __init__ (nn.Module.__getattr__ is typed as Tensor | Module).
+    qweight: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear, relu: bool = False) -> None:
         super().__init__()
         q, scale = quantize_weight(linear.weight)

@@ -99,7 +99,10 @@ def to_block_sparse(module: nn.Module, *, keep_head_dense: bool = True) -> nn.Mo
             out.append(copy.deepcopy(layer))
             continue
         relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-        kind = BlockSparseLinear if isinstance(layer, nn.Linear) else BlockSparseConv2d
-        out.append(kind(layer, *shape, relu=relu))
+        if isinstance(layer, nn.Linear):
+            out.append(BlockSparseLinear(layer, *shape, relu=relu))
+        else:
+            assert isinstance(layer, nn.Conv2d)  # _block_shape is None for any other layer
+            out.append(BlockSparseConv2d(layer, *shape, relu=relu))
         skip_next = relu
     return nn.Sequential(*out).eval()

@@ -62,14 +62,14 @@ def _replace_linears(
             continue
         count += 1
     if isinstance(module, nn.Sequential) and None in replaced.values():
-        kept = [replaced.get(n, c) for n, c in children if replaced.get(n, c) is not None]
+        kept = [new for n, c in children if (new := replaced.get(n, c)) is not None]
         for name, _ in children:
             del module._modules[name]
-        for j, child in enumerate(kept):
-            module.add_module(str(j), child)
+        for j, new in enumerate(kept):
+            module.add_module(str(j), new)
     else:
-        for name, child in replaced.items():
-            setattr(module, name, child)
+        for name, new_child in replaced.items():
+            setattr(module, name, new_child)
     return count
 
 

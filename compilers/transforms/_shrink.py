@@ -26,8 +26,9 @@ _PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Ide
 def _bn_zero_output(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     """Per channel: what the BN layer outputs (in eval) when its input channel is all zero."""
     with torch.no_grad():
-        if bn.track_running_stats and bn.running_mean is not None:
-            out = -bn.running_mean / torch.sqrt(bn.running_var + bn.eps)
+        mean, var = bn.running_mean, bn.running_var  # both None, or both set (_NormBase)
+        if bn.track_running_stats and mean is not None and var is not None:
+            out = -mean / torch.sqrt(var + bn.eps)
         else:  # batch statistics of a zero channel are mean 0, var 0: the output is 0
             out = torch.zeros(bn.num_features)
         if bn.affine:
@@ -44,43 +45,55 @@ def _slice_bn(bn: nn.modules.batchnorm._BatchNorm, keep: torch.Tensor) -> nn.Mod
         if bn.affine:
             new.weight.copy_(bn.weight[keep])
             new.bias.copy_(bn.bias[keep])
-        if bn.track_running_stats and bn.running_mean is not None:
-            new.running_mean.copy_(bn.running_mean[keep])
-            new.running_var.copy_(bn.running_var[keep])
-            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+        mean, var, batches = bn.running_mean, bn.running_var, bn.num_batches_tracked
+        if bn.track_running_stats and mean is not None:
+            # set together with running_mean, in bn and in new (same track_running_stats)
+            assert var is not None and batches is not None
+            assert new.running_mean is not None and new.running_var is not None
+            assert new.num_batches_tracked is not None
+            new.running_mean.copy_(mean[keep])
+            new.running_var.copy_(var[keep])
+            new.num_batches_tracked.copy_(batches)
     return new.eval()
 
 
-def _slice_producer(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
+def _conv_like(layer: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` with ``layer``'s hyper-parameters and the given channel counts."""
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    padding = layer.padding if isinstance(layer.padding, str) else (
+        layer.padding[0], layer.padding[1])
+    return nn.Conv2d(
+        in_channels, out_channels, (kh, kw), (sh, sw), padding, (dh, dw), layer.groups,
+        layer.bias is not None, layer.padding_mode,
+    )
+
+
+def _slice_producer(layer: nn.Linear | nn.Conv2d, keep: torch.Tensor) -> nn.Module:
+    new: nn.Linear | nn.Conv2d
     with torch.no_grad():
         if isinstance(layer, nn.Linear):
             new = nn.Linear(layer.in_features, int(keep.numel()), bias=layer.bias is not None)
         else:
-            new = nn.Conv2d(
-                layer.in_channels, int(keep.numel()), layer.kernel_size, layer.stride,
-                layer.padding, layer.dilation, layer.groups, layer.bias is not None,
-                layer.padding_mode,
-            )
+            new = _conv_like(layer, layer.in_channels, int(keep.numel()))
         new.weight.copy_(layer.weight[keep])
-        if layer.bias is not None:
+        if layer.bias is not None and new.bias is not None:  # new has a bias iff layer has
             new.bias.copy_(layer.bias[keep])
     return new
 
 
-def _slice_consumer(layer: nn.Module, keep: torch.Tensor, spatial: int) -> nn.Module:
+def _slice_consumer(
+    layer: nn.Linear | nn.Conv2d, keep: torch.Tensor, spatial: int
+) -> nn.Module:
+    new: nn.Linear | nn.Conv2d
     with torch.no_grad():
         if isinstance(layer, nn.Linear):
             cols = (keep[:, None] * spatial + torch.arange(spatial)[None, :]).reshape(-1)
             new = nn.Linear(int(cols.numel()), layer.out_features, bias=layer.bias is not None)
             new.weight.copy_(layer.weight[:, cols])
         else:
-            new = nn.Conv2d(
-                int(keep.numel()), layer.out_channels, layer.kernel_size, layer.stride,
-                layer.padding, layer.dilation, layer.groups, layer.bias is not None,
-                layer.padding_mode,
-            )
+            new = _conv_like(layer, int(keep.numel()), layer.out_channels)
             new.weight.copy_(layer.weight[:, keep])
-        if layer.bias is not None:
+        if layer.bias is not None and new.bias is not None:  # new has a bias iff layer has
             new.bias.copy_(layer.bias)
     return new
 
@@ -125,6 +138,7 @@ def shrink(module: nn.Module, *, keep_blocks: bool = False) -> nn.Module:
         if not ok or j == len(layers) or not bool(zero.any()) or bool(zero.all()):
             continue
         consumer = layers[j]
+        assert isinstance(consumer, nn.Linear | nn.Conv2d)  # where the while loop above stopped
         if isinstance(consumer, nn.Conv2d) and (spatial != 1 or consumer.groups != 1):
             continue
         n_out = zero.numel()
@@ -141,15 +155,18 @@ def shrink(module: nn.Module, *, keep_blocks: bool = False) -> nn.Module:
         keep = torch.nonzero(~zero).reshape(-1)
         layers[i] = _slice_producer(layer, keep)
         for k in range(i + 1, j):
-            if isinstance(layers[k], nn.modules.batchnorm._BatchNorm):
-                layers[k] = _slice_bn(layers[k], keep)
+            mid = layers[k]
+            if isinstance(mid, nn.modules.batchnorm._BatchNorm):
+                layers[k] = _slice_bn(mid, keep)
         layers[j] = _slice_consumer(consumer, keep, spatial)
         removed += int(zero.sum())
     logger.debug("shrink removed %d units", removed)
     return nn.Sequential(*layers).eval()
 
 
-def _zero_consumer_inputs(layer: nn.Module, zero: torch.Tensor, spatial: int) -> nn.Module:
+def _zero_consumer_inputs(
+    layer: nn.Linear | nn.Conv2d, zero: torch.Tensor, spatial: int
+) -> nn.Module:
     """``layer`` with the weights reading the units in ``zero`` set to 0 (shapes unchanged)."""
     new = copy.deepcopy(layer)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import functools
 import inspect
 import sys
 from collections.abc import Iterator
-from types import SimpleNamespace
+from types import FrameType, SimpleNamespace
 
 from ..errors import TargetUnavailable
 
@@ -33,7 +33,8 @@ def _cheap_stack() -> Iterator[None]:
     real = inspect.stack
 
     def stack(context: int = 1) -> list[inspect.FrameInfo]:
-        frame, out = sys._getframe(1), []  # noqa: SLF001 - what inspect.stack itself walks
+        frame: FrameType | None = sys._getframe(1)  # noqa: SLF001 - what inspect.stack walks
+        out: list[inspect.FrameInfo] = []
         while frame is not None:
             if len(out) < 3:
                 out.append(inspect.FrameInfo(frame, *inspect.getframeinfo(frame, context)))

@@ -23,6 +23,12 @@ from .kernels.int8 import int8_linear_kernel, pack_int8
 __all__ = ["constant_bytes", "hand_kernels", "import_relax"]
 
 
+def _pair(values) -> tuple[int, int]:  # noqa: ANN001 - an int[2] argument of an FX node
+    """A conv's 2-D ``stride``/``padding``/``dilation`` argument as a pair of ints."""
+    first, second = values
+    return int(first), int(second)
+
+
 def _param(tensors: dict[str, torch.Tensor], node, op: str) -> np.ndarray:  # noqa: ANN001
     if node.name not in tensors:
         raise BuildFailed(
@@ -81,7 +87,7 @@ def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
         bb = importer.block_builder
         x = importer.env[node.args[0]]
         weight_node, bias_node = node.args[1], node.args[2]
-        stride, padding, dilation = (tuple(int(v) for v in a) for a in node.args[3:6])
+        stride, padding, dilation = (_pair(a) for a in node.args[3:6])
         bh, bw, relu = node.args[6], node.args[7], node.args[8]
         weight = _param(tensors, weight_node, "bsr_conv2d")
         shape = tuple(int(d) for d in node.args[0].meta["val"].shape)
@@ -180,8 +186,13 @@ def import_relax(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201
         tensors.update({n: state[t] for n, t in sig.inputs_to_buffers.items() if t in state})
         with warnings.catch_warnings():
             # torch 2.13's run_decompositions() (called inside TVM's from_exported_program)
-            # warns "`isinstance(treespec, LeafSpec)` is deprecated" on every import.
-            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            # deep-copies the module call graph, and copying a pytree LeafSpec warns
+            # "`isinstance(treespec, LeafSpec)` is deprecated" on every import. The warning is
+            # attributed to copyreg (deepcopy's __newobj__), so this matches by message only.
+            warnings.filterwarnings(
+                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                category=FutureWarning,
+            )
             return api.from_exported_program(
                 exported,
                 keep_params_as_input=False,

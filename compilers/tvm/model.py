@@ -37,7 +37,6 @@ class TVMModel(CompiledModel):
     _vm: Any = field(default=None, repr=False)
     _dev: Any = field(default=None, repr=False)
     _session: Any = field(default=None, repr=False)
-    _tmp: Any = field(default=None, repr=False)
 
     # ---- deployment ------------------------------------------------------------------------
     def export(self, folder: Path) -> dict[str, str]:
@@ -61,10 +60,13 @@ class TVMModel(CompiledModel):
                 "remote_arch='aarch64'."
             )
         if self.target.kind == "rpc":
-            self._tmp = tempfile.TemporaryDirectory(prefix="taskpack-rpc-")
-            self.export(Path(self._tmp.name))
+            with tempfile.TemporaryDirectory(prefix="taskpack-rpc-") as tmp:
+                self.export(Path(tmp))
+                library = (Path(tmp) / LIBRARY_NAME).read_bytes()
             session = connect(self.target, self.rpc_timeout_s)
-            session.upload(str(Path(self._tmp.name) / LIBRARY_NAME))
+            # The bytes, not the path: RPCSession.upload(path) never closes the file it reads.
+            # It takes a bytearray (bytes would be taken for a path) and then needs `target`.
+            session.upload(bytearray(library), target=LIBRARY_NAME)
             lib = session.load_module(LIBRARY_NAME)
             self._session, self._dev = session, session.cpu()
             self._vm = api.relax.VirtualMachine(lib, self._dev)

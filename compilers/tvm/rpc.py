@@ -29,15 +29,18 @@ R = TypeVar("R")
 def connect(target: Target, session_timeout_s: float = 60.0):  # noqa: ANN201 - RPCSession
     """Ask the tracker for a session on a device registered under ``target.rpc_key``."""
     api = load()
+    port = target.rpc_port
+    if port is None:  # Target rejects an rpc target without one; this narrows the Optional
+        raise ValueError(f"target {target.name!r} has no rpc_port to reach a tracker at.")
     try:  # fail fast: tvm's connect_tracker retries a dead address for a minute
-        socket.create_connection((target.rpc_host, int(target.rpc_port)), timeout=5).close()
+        socket.create_connection((target.rpc_host, int(port)), timeout=5).close()
     except OSError as exc:
         raise DeviceLost(
             f"a device with key {target.rpc_key!r} must be reachable through the tracker at "
             f"{target.rpc_host}:{target.rpc_port}, but the tracker did not answer: {exc}"
         ) from exc
     try:
-        tracker = api.rpc.connect_tracker(target.rpc_host, int(target.rpc_port))
+        tracker = api.rpc.connect_tracker(target.rpc_host, int(port))
         return tracker.request(
             target.rpc_key, priority=1, session_timeout=int(session_timeout_s)
         )

@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import BuildFailed
 from ..targets import Target
@@ -72,9 +73,10 @@ def _in_process_builder(api):  # noqa: ANN001, ANN202
     makes small tuning budgets useless. Building in-process loses crash isolation only.
     """
     ms, local_builder = api.ms, api.local_builder
+    py_builder: Any = ms.builder.PyBuilder  # a base class only known at run time (TVM is lazy)
 
     @api.derived_object
-    class InProcessBuilder(ms.builder.PyBuilder):
+    class InProcessBuilder(py_builder):
         def build(self, build_inputs):  # noqa: ANN001, ANN202
             results = []
             for item in build_inputs:

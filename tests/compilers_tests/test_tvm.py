@@ -122,6 +122,18 @@ def get_export():  # noqa: ANN201
     return export_bundle
 
 
+def test_lazy_bundle_wrappers_match_compilers_export() -> None:
+    # compilers/__init__.py repeats these signatures so `import compilers` stays TVM-free.
+    import inspect
+
+    import compilers
+    from compilers import export as export_module
+
+    for name in ("export_bundle", "load_bundle"):
+        assert inspect.signature(getattr(compilers, name)) == inspect.signature(
+            getattr(export_module, name)), name
+
+
 def test_rpc_loopback_measurement(tmp_path) -> None:  # noqa: ANN001
     from compilers.tvm.rpc import start_loopback
 
