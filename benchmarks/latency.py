@@ -39,6 +39,7 @@ from compilers import (
     get_compiler,
     measure,
 )
+from compilers.export import export_onnx
 from compilers.measure import Measurement
 from compilers.threads import all_cores, default_threads
 
@@ -131,16 +132,16 @@ def onnx_model(model: nn.Module, x: torch.Tensor,
     threads = threads or default_threads(x) or all_cores()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
-        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"])
+        export_onnx(model, x, path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = threads
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {"x": x.numpy()}
+    feed = {"input": x.numpy()}
 
     class OrtModel(CompiledModel):
         def run(self, inp: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(sess.run(None, {"x": inp.numpy()})[0])
+            return torch.from_numpy(sess.run(None, {"input": inp.numpy()})[0])
 
         def time_per_run(self, inp: torch.Tensor, number: int) -> float:
             t = time.perf_counter()

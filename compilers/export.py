@@ -30,7 +30,7 @@ from .targets import Target
 from .transforms import apply_transforms
 from .tvm import LIBRARY_NAME, TVMCompiler, load, quiet_vm_serialization, set_threads
 
-__all__ = ["Bundle", "export_bundle", "load_bundle", "MANIFEST", "ONNX_NAME"]
+__all__ = ["Bundle", "export_bundle", "export_onnx", "load_bundle", "MANIFEST", "ONNX_NAME"]
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -38,10 +38,13 @@ ONNX_NAME = "model.onnx"
 BUNDLE_VERSION = 1
 
 
-def _export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path) -> None:
+def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path) -> None:
+    """``module`` as an ONNX file (input ``input``, output ``logits``), as bundles ship it."""
     # The TorchScript exporter: the dynamo one needs `onnxscript`, which taskpack does not ship.
+    # torch 2.13 warns that it is deprecated on every call.
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
         torch.onnx.export(
             module, (example_input,), str(path), dynamo=False,
             input_names=["input"], output_names=["logits"],
@@ -72,7 +75,7 @@ def export_bundle(
     compiled = compiler.compile(module, example_input, target, options)
     files = compiled.export(folder)
     onnx_module = apply_transforms(module, options.transforms, kernels=False)
-    _export_onnx(onnx_module, example_input, folder / ONNX_NAME)
+    export_onnx(onnx_module, example_input, folder / ONNX_NAME)
     files["onnx"] = ONNX_NAME
     latency = None
     if target.kind != "aarch64":
