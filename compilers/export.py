@@ -41,10 +41,10 @@ BUNDLE_VERSION = 1
 def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path) -> None:
     """``module`` as an ONNX file (input ``input``, output ``logits``), as bundles ship it."""
     # The TorchScript exporter: the dynamo one needs `onnxscript`, which taskpack does not ship.
-    # torch 2.13 warns that it is deprecated on every call.
+    # torch 2.13 warns that it is deprecated on every call, and its internals warn about
+    # their own deprecated helpers: DeprecationWarnings only, from this one call.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module, (example_input,), str(path), dynamo=False,
             input_names=["input"], output_names=["logits"],
