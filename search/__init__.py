@@ -7,7 +7,6 @@ uses the pipeline's own compression passes (no second implementation).
 
 from __future__ import annotations
 
-from pipeline.recipe import Recipe
 from search._compressor import SearchCompressor
 from search._objective import Latency, LatencyFn, TaskProblem, TrialResult
 from search._select import Point, pareto_front, select
@@ -25,7 +24,6 @@ __all__ = [
     "SearchCompressor",
     "TaskProblem",
     "TrialResult",
-    "make_search_compressor",
     "run_worker",
     "pareto_front",
     "register_objective",
@@ -33,9 +31,3 @@ __all__ = [
     "select",
     "suggest_plans",
 ]
-
-
-def make_search_compressor(recipe: Recipe, latency_fn: LatencyFn | None = None,
-                           worker: bool = False) -> SearchCompressor:
-    """The compressor the runner calls for each task when ``search.enabled``."""
-    return SearchCompressor(recipe, latency_fn, worker)

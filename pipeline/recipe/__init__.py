@@ -16,7 +16,6 @@ from pipeline.recipe._methods import (
     QuantizeConfig,
     TSNMethod,
     WSNMethod,
-    method_kinds,
     register_method_config,
 )
 from pipeline.recipe._pattern import Pattern
@@ -63,7 +62,6 @@ __all__ = [
     "flatten",
     "format_validation_error",
     "load_recipe",
-    "method_kinds",
     "plan_for_layers",
     "recipe_from_dict",
     "recipe_json_schema",

@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError, core_schema
 from pipeline.recipe._section import BITS, _Section
 
 __all__ = ["MethodConfig", "MethodField", "PruneConfig", "QuantizeConfig", "TSNMethod",
-           "WSNMethod", "method_kinds", "register_method_config"]
+           "WSNMethod", "register_method_config"]
 
 
 class MethodConfig(_Section):
@@ -47,10 +47,6 @@ def register_method_config(kind: str, config: type[MethodConfig]) -> None:
     if known is not None and known is not config:
         raise ValueError(f"method kind {kind!r} is already registered to {known.__name__}.")
     _METHOD_CONFIGS[kind] = config
-
-
-def method_kinds() -> tuple[str, ...]:
-    return tuple(_METHOD_CONFIGS)
 
 
 def _validate_method(v: Any, handler: ValidatorFunctionWrapHandler) -> MethodConfig:
