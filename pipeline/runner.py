@@ -70,6 +70,9 @@ def prepare(recipe: Recipe, fresh: bool = False) -> Session:
     store_path = recipe.store.path or run_dir / "store.tpk"
     resolved = recipe_to_yaml(recipe)
     if fresh:
+        if run_dir.resolve().parent != recipe.output_dir.resolve():  # never delete outside it
+            raise InputError(f"run folder {run_dir} is not inside output_dir "
+                             f"{recipe.output_dir}; refusing to delete it")
         shutil.rmtree(run_dir, ignore_errors=True)
         store_path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)

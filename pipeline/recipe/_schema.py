@@ -280,7 +280,9 @@ class TrackingConfig(_Section):
 class Recipe(_Section):
     """A whole run: benchmark x model x method x compression x search x targets."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    # a folder name under output_dir: no path separators, and not "." or ".." (``--fresh``
+    # deletes the run folder, so a name that points outside it would delete other data)
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
     description: str = ""
     benchmark: BenchmarkConfig = BenchmarkConfig()
     model: ModelConfig = ModelConfig()

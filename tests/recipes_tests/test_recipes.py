@@ -155,3 +155,10 @@ def test_a_run_saved_before_a_field_was_added_is_the_same_recipe(tmp_path: Path)
     assert not same_recipe(saved, recipe)
     saved.write_text(text + "retired_field: 1\n")  # a field since removed: not the same run
     assert not same_recipe(saved, recipe)
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "/abs", "x" * 129, "a\x00b"])
+def test_run_names_cannot_leave_output_dir(name: str) -> None:
+    # `taskpack run --fresh` deletes <output_dir>/<name>: `..` would delete output_dir's parent
+    with pytest.raises(RecipeError, match="name: "):
+        recipe_from_dict({"name": name})
