@@ -8,4 +8,4 @@ BITS = (1, 2, 3, 4, 6, 8, 16, 32)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -162,3 +162,9 @@ def test_run_names_cannot_leave_output_dir(name: str) -> None:
     # `taskpack run --fresh` deletes <output_dir>/<name>: `..` would delete output_dir's parent
     with pytest.raises(RecipeError, match="name: "):
         recipe_from_dict({"name": name})
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_numbers_must_be_finite(value: float) -> None:
+    with pytest.raises(RecipeError, match="train.lr: must be a finite number"):
+        recipe_from_dict({"name": "t", "train": {"lr": value}})
