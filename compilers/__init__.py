@@ -7,9 +7,6 @@ by name and imported on first use).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 from ._base import TRANSFORMS, CompiledModel, CompileOptions, Compiler
 from ._registry import compiler_names, get_compiler, register_compiler
 from .eager import EagerCompiler
@@ -21,6 +18,7 @@ from .errors import (
     RunTimedOut,
     TargetUnavailable,
 )
+from .export import export_bundle, load_bundle  # importing it does not import TVM
 from .measure import Measurement, measure
 from .numerics import NumericsReport, check_numerics, fixed_inputs
 from .realizability import LayerSpec, Realizability, layer_realizability
@@ -33,13 +31,6 @@ from .transforms import (
     register_transform,
     transform_names,
 )
-
-if TYPE_CHECKING:  # annotations only: compilers.export and compilers.tvm import TVM
-    import torch
-    from torch import nn
-
-    from .export import Bundle
-    from .tvm import TVMCompiler
 
 __all__ = [
     "TRANSFORMS",
@@ -77,36 +68,3 @@ __all__ = [
 register_compiler("eager", EagerCompiler)
 register_compiler("tvm", "compilers.tvm:TVMCompiler")  # imported on first use (TVM is heavy)
 
-
-def export_bundle(
-    module: nn.Module,
-    example_input: torch.Tensor,
-    target: Target,
-    root: str | Path,
-    *,
-    task: int,
-    store_hash: str,
-    transforms: tuple[str, ...] = ("shrink", "block_sparse"),
-    tune_trials: int = 0,
-    cache_dir: str | Path | None = None,
-    threads: int | None = None,
-    compiler: TVMCompiler | None = None,
-) -> Path:
-    """Compile and write a deployable bundle; see :func:`compilers.export.export_bundle`.
-
-    Defined here with the same signature so that ``import compilers`` does not import TVM.
-    """
-    from .export import export_bundle as _export_bundle
-
-    return _export_bundle(
-        module, example_input, target, root, task=task, store_hash=store_hash,
-        transforms=transforms, tune_trials=tune_trials, cache_dir=cache_dir, threads=threads,
-        compiler=compiler,
-    )
-
-
-def load_bundle(path: str | Path) -> Bundle:
-    """Load a bundle folder; see :func:`compilers.export.load_bundle`."""
-    from .export import load_bundle as _load_bundle
-
-    return _load_bundle(path)
