@@ -83,8 +83,17 @@ class TrainConfig(_Section):
     )
     momentum: float = Field(default=0.9, ge=0, lt=1)
     seed: int = 0
-    threads: Annotated[int, Field(ge=1)] | None = None
-    device: Literal["cpu"] = Field(default="cpu", description="training runs on the CPU for now")
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        default=None, description="torch's CPU threads; None = every core this process may use")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where training runs; auto = cuda when PyTorch sees a GPU")
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16 = autocast of the forward pass on CUDA (weights, "
+        "optimizer state and the store stay fp32); fp32 on the CPU")
+    compile: bool = Field(default=False, description="torch.compile the model for training")
+    deterministic: bool = Field(
+        default=False, description="deterministic kernels only (torch.use_deterministic_"
+        "algorithms); slower on CUDA; see docs/training.md")
 
     @model_validator(mode="after")
     def _lr_min_below_lr(self) -> TrainConfig:
