@@ -118,7 +118,9 @@ def run_recipe(recipe: Recipe, tracker: Tracker | None = None, bars: Bars = QUIE
                        store_path=s.store.path, started=start)
     resumed = load_state(s, result)
     result.resumed_from = resumed
-    tags = {"taskpack.stream": recipe.benchmark.stream, "taskpack.method": recipe.method.kind}
+    log.info("training on %s", s.device.describe())
+    tags = {"taskpack.stream": recipe.benchmark.stream, "taskpack.method": recipe.method.kind,
+            "taskpack.train_device": s.device.describe()}
     if resumed:
         tags["taskpack.resumed_after_task"] = str(resumed - 1)
     parent = tracker.start(recipe.name, tags=tags)
