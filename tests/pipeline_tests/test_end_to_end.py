@@ -111,11 +111,11 @@ def test_ctrl_c_ends_the_mlflow_run_as_killed(tmp_path: Path, monkeypatch) -> No
     calls = []
     real = stages.train_task
 
-    def interrupt_second_task(method, task, data, cfg, bars=None):
+    def interrupt_second_task(method, task, data, cfg, *args, **kwargs):
         calls.append(task)
         if task == 1:
             raise KeyboardInterrupt
-        return real(method, task, data, cfg)
+        return real(method, task, data, cfg, *args, **kwargs)
 
     monkeypatch.setattr(stages, "train_task", interrupt_second_task)
     tracker = build_tracker(recipe.tracking)
