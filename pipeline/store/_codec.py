@@ -17,13 +17,7 @@ from pipeline.store._bits import pack_codes, unpack_codes
 from pipeline.store._codebook import codes_for_values
 from pipeline.store._format import canonical_json, parse_json_section
 from pipeline.store._masks import decode_layer_mask, encode_layer_mask
-from pipeline.store._tensors import (
-    DTYPES,
-    check_entry,
-    dtype_name,
-    tensor_from_bytes,
-    tensor_to_bytes,
-)
+from pipeline.store._tensors import check_entry, dtype_name, tensor_to_bytes
 
 ALLOWED_BITS = (1, 2, 3, 4, 6, 8, 16, 32)
 TASK_PARTS = ("meta", "masks", "codes", "codebooks", "tensors")
@@ -89,17 +83,9 @@ def _bool_array(t: object, shape: tuple[int, ...], what: str) -> np.ndarray:
     return t.detach().to("cpu").reshape(-1).numpy().copy()
 
 
-def _check_finite(values: np.ndarray, what: str) -> None:
-    """A store holds finite numbers only: a NaN/inf that passed its checksum is still corrupt."""
-    if values.dtype.kind in "fc" and not np.isfinite(values).all():
-        bad = int(np.count_nonzero(~np.isfinite(values)))
-        raise StoreError(f"{what} must be finite, found {bad} NaN/inf value(s)")
-
-
 def _encode_values(lc: LayerCommit, vals: np.ndarray, what: str) -> tuple[str, bytes, bytes, int]:
     """(kind, code bytes, codebook bytes, k) for the own values ``vals`` (flat float32)."""
     b = lc.bits
-    _check_finite(vals, f"{what}: own values")
     if b == 32:
         if lc.codebook is not None:
             raise StoreError(f"{what}: bits=32 stores raw fp32 and must have no codebook")
@@ -219,8 +205,6 @@ def _encode_tensors(c: TaskCommit, layers: dict) -> tuple[bytes, list[dict]]:
         if not isinstance(tensor, torch.Tensor):
             raise StoreError(f"{what} must be a torch.Tensor, found {type(tensor).__name__}")
         dt = dtype_name(tensor, what)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise StoreError(f"{what} must be finite, found NaN/inf values")
         payload = tensor_to_bytes(tensor)
         meta.append(
             {
@@ -285,11 +269,6 @@ def decode_task(
             check_entry(e, what)
         spans = [(int(e["offset"]), int(e["length"])) for e in tensors]
         _ranges(spans, len(parts["tensors"]), f"task/{t}/tensors")
-        for e in tensors:
-            if DTYPES[e["dtype"]].is_floating_point:
-                raw = parts["tensors"][e["offset"] : e["offset"] + e["length"]]
-                if not bool(torch.isfinite(tensor_from_bytes(raw, e["dtype"], e["shape"])).all()):
-                    raise StoreError(f"{what} tensor '{e['name']}' must be finite, found NaN/inf")
         states = {}
         for e in entries:
             name = e["name"]
@@ -326,12 +305,13 @@ def _decode_layer(
         if bl != 4 * k or k > 1 << bits:
             raise StoreError(f"{what}: codebook must take 4*k bytes with k <= 2^bits, found {bl}")
         book = np.frombuffer(parts["codebooks"][bo : bo + bl], dtype="<f4")
-        _check_finite(book, f"{what}: codebook entries")
+        if not np.isfinite(book).all():  # encode_task never writes one: the file is corrupt
+            raise StoreError(f"{what}: codebook entries must be finite, found "
+                             f"{int(np.count_nonzero(~np.isfinite(book)))} NaN/inf")
         codes = unpack_codes(raw, n_own, bits) if n_own else np.zeros(0, np.int64)
         if codes.size and int(codes.max()) >= k:
             raise StoreError(f"{what}: codes must be < codebook size {k}, found {codes.max()}")
         values = book[codes].astype(np.float32)
-    _check_finite(values, f"{what}: own values")
     nbytes = {"masks": ml, "codes": cl, "codebooks": e["codebook"][1]}
     return LayerState(
         mask=np.packbits(mask),

@@ -52,14 +52,13 @@ def _meta(old: bytes, new: bytes) -> Callable[[bytes], bytes]:
     return lambda b: b.replace(old, new, 1)
 
 
-# name -> (section patches, text the StoreError must contain); offsets follow small_store:
+# name -> (section patches, text the StoreError must contain); offsets follow small_store
+# (fp32 values are stored as given, inf and NaN included: only codebooks must be finite):
 # task/0/codes = fc's 2-bit codes (2 bytes) + out's 4 fp32 values; codebooks = fc's 3 entries
 CONTENT_DAMAGE: dict[str, tuple[dict[str, Callable[[bytes], bytes]], str]] = {
     "nan-codebook-entry": ({"task/0/codebooks": _at(4, NAN)}, "codebook entries must be finite"),
     "inf-codebook-entry": ({"task/0/codebooks": _at(0, INF)}, "codebook entries must be finite"),
     "code-past-codebook": ({"task/0/codes": _at(0, b"\xff")}, "codes must be < codebook size 3"),
-    "nan-fp32-value": ({"task/0/codes": _at(2 + 4, NAN)}, "own values must be finite"),
-    "nan-head": ({"task/0/tensors": _at(8, NAN)}, "tensor 'heads.0.weight' must be finite"),
     "mask-count": ({"task/0/meta": _meta(b'"count":8', b'"count":7')},
                    "mask counts must match the meta"),
     "own-count": ({"task/0/meta": _meta(b'"own":4', b'"own":5')},
