@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.recipe._methods import MethodField, WSNMethod
 from pipeline.recipe._pattern import Pattern
 from pipeline.recipe._section import BITS, RecipePath, Seed, _Section
-from pipeline.recipe._storage import check_storage_url
+from pipeline.recipe._storage import check_storage_url, check_tracking_uri
 
 STREAMS = (
     "permuted_mnist",
@@ -304,9 +304,16 @@ class StoreConfig(_Section):
 
 class TrackingConfig(_Section):
     enabled: bool = True
-    uri: Text = "sqlite:///mlruns/mlflow.db"
+    uri: Text = Field(default="sqlite:///mlruns/mlflow.db",
+                      description="MLflow tracking URI (sqlite:///, postgresql://, http(s)://...) "
+                                  "or a local folder")
     experiment: Name = "taskpack"
     artifact_location: Text = "mlruns/artifacts"
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_ok(cls, v: str) -> str:
+        return check_tracking_uri(v)
 
 
 class Recipe(_Section):

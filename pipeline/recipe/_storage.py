@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-__all__ = ["STORAGE_SCHEMES", "check_storage_url"]
+__all__ = ["STORAGE_SCHEMES", "check_storage_url", "check_tracking_uri"]
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+# MLflow's tracking stores: a database, a tracking server, or a local folder (a plain path)
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https",
+                    "databricks")
 
 
 def check_storage_url(url: str) -> str:
@@ -32,3 +35,17 @@ def check_storage_url(url: str) -> str:
         raise ValueError(f"{must}: PostgreSQL needs a host (or ?host=/socket/dir), "
                          f"found {url[:80]!r}")
     return url
+
+
+def check_tracking_uri(uri: str) -> str:
+    """``uri`` if MLflow can track to it: a known scheme, or a plain folder path."""
+    if not uri or any(not c.isprintable() for c in uri):
+        raise ValueError("must be a non-empty URI or path without control characters")
+    scheme = urlsplit(uri).scheme.lower() if "://" in uri or uri.startswith("file:") else ""
+    base = scheme.split("+", 1)[0]
+    if scheme and base not in TRACKING_SCHEMES:
+        raise ValueError(f"must be a path or a URI of scheme {list(TRACKING_SCHEMES)}, found "
+                         f"scheme {scheme[:20]!r}")
+    if base == "sqlite" and not uri.startswith("sqlite:///"):
+        raise ValueError(f"must be sqlite:///path for sqlite, found {uri[:80]!r}")
+    return uri

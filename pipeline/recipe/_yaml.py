@@ -27,13 +27,15 @@ MAX_INT_CHARS = 30  # int64 has 19 digits; seeds and sizes never need more
 
 _MERGE = "tag:yaml.org,2002:merge"
 _FLOAT = "tag:yaml.org,2002:float"
-# YAML 1.1 (PyYAML) reads `1e-3` as a string; YAML 1.2, and every person, as a number
+_INT = "tag:yaml.org,2002:int"
+# Numbers as YAML 1.2 (and every person) reads them, not PyYAML's YAML 1.1: `1e-3` is a number,
+# not a string; `1:30` (base 60) and `010` (octal) are strings, not 90 and 8.
 _FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
     |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""", re.X)
+_INT_RE = re.compile(r"^(?:[-+]?0b[01_]+|[-+]?0x[0-9a-fA-F_]+|[-+]?(?:0|[1-9][0-9_]*))$")
 
 
 class YAMLRejected(yaml.MarkedYAMLError):
@@ -95,10 +97,11 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _FLOAT]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_FLOAT, _INT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_INT, _INT_RE, list("-+0123456789"))
 _Loader.add_implicit_resolver(_FLOAT, _FLOAT_RE, list("-+0123456789."))
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_bounded_int)
+_Loader.add_constructor(_INT, _Loader.construct_bounded_int)
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_timestamp_text)
 for _tag in ("binary", "set", "omap", "pairs"):
     _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _Loader.construct_not_allowed)

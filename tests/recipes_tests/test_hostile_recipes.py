@@ -154,3 +154,14 @@ def test_overrides_go_through_the_same_checks() -> None:
         rc, lines, seconds = _validate_in_process(BASE.encode(), [override])
         _check(rc, lines, seconds)
         assert rc == 2 and expected in lines[0], (override, lines)
+
+
+def test_numbers_read_as_yaml_1_2(tmp_path: Path) -> None:
+    from pipeline.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: n\ntrain: {lr: 1e-2, lr_min: 1E-6, epochs: 1_0, seed: 0x10}\n"
+                    "description: 2020-01-01\n")
+    r = load_recipe(path)
+    assert (r.train.lr, r.train.lr_min, r.train.epochs, r.train.seed) == (0.01, 1e-6, 10, 16)
+    assert r.description == "2020-01-01"  # a date stays the text it was written as
