@@ -1,11 +1,52 @@
 """A fixed corpus of hostile and careless recipes (issue 14): each must be rejected by
 ``taskpack validate`` with one line and exit code 2. Shared by the tests and
-benchmarks/reliability.py.
+benchmarks/reliability.py, with the helpers that run ``validate`` in-process and check its answer.
 
-Each entry: (id, recipe bytes, text the one-line error must contain).
+Each corpus entry: (id, recipe bytes, text the one-line error must contain).
 """
 
 from __future__ import annotations
+
+import contextlib
+import io
+import time
+from pathlib import Path
+
+from pipeline.cli import main
+
+BASE = "name: h\nbenchmark: {tasks: 2}\nmodel: {hidden: [8]}\ntracking: {enabled: false}\n"
+PER_CALL_S = 5.0  # validate takes milliseconds; seconds would mean a hang in the making
+_FOLDER: list[Path] = []  # where validate_in_process writes its file (Hypothesis reruns a lot)
+
+
+def warm_up(folder: Path) -> None:
+    _FOLDER[:] = [folder]
+    # the first validate imports torch (target backends are looked up in the compiler registry)
+    validate_in_process(BASE.encode(), [])
+
+
+def validate_in_process(doc: bytes, overrides: list[str]) -> tuple[int, list[str], float]:
+    """``taskpack validate`` of ``doc`` through the CLI's main: (exit code, stderr lines, s)."""
+    path = _FOLDER[0] / "r.yaml"
+    path.write_bytes(doc)
+    # --set=VALUE: a value starting with "-" would otherwise read as an option (a usage error)
+    argv = ["validate", str(path)] + [f"--set={o}" for o in overrides]
+    err, out = io.StringIO(), io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        rc = main(argv)
+    return rc, err.getvalue().splitlines(), time.perf_counter() - start
+
+
+def check(rc: int, lines: list[str], seconds: float) -> None:
+    """Exit 0 with nothing on stderr, or exit 2 with one short ``error:`` line; in bounded time."""
+    assert seconds < PER_CALL_S, f"validate took {seconds:.1f} s"
+    assert rc in (0, 2), (rc, lines)
+    if rc == 2:
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert len(lines[0]) < 2000, lines[0][:200]
+    else:
+        assert lines == []
 
 _BOMB = b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
     b"%s: &%s [*%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s]\n"
