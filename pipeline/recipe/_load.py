@@ -140,9 +140,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node = node[_index(part, path[: i + 1], len(node))]
             else:
                 node = node.setdefault(part, {})
-                if not isinstance(node, dict | list):
-                    raise RecipeError(f"--set {excerpt_text(text, 60)}: "
-                                      f"{'.'.join(path[: i + 1])} is not a section")
+            if not isinstance(node, dict | list):
+                raise RecipeError(f"--set {excerpt_text(text, 60)}: "
+                                  f"{excerpt_text('.'.join(path[: i + 1]), 80)} is not a section")
         last = path[-1]
         if isinstance(node, list):
             node[_index(last, path, len(node))] = value

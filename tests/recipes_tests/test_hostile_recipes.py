@@ -53,10 +53,19 @@ def test_overrides_go_through_the_same_checks() -> None:
                                ("name=..", "name: must match"),
                                ("train={lr: 1, lr: 2}", "key 'lr' must appear once"),
                                ("output_dir=/dev/null", "output_dir: must be a directory"),
-                               ("model.hidden.²=3", "is not an index")]:
+                               ("model.hidden.²=3", "is not an index"),
+                               ("targets=[1]", "targets.0: must be a mapping")]:
         rc, lines, seconds = validate_in_process(BASE.encode(), [override])
         check(rc, lines, seconds)
         assert rc == 2 and expected in lines[0], (override, lines)
+
+
+def test_overrides_never_walk_into_a_scalar() -> None:
+    doc = b"name: h\ntargets: [1, {name: a}]\n"
+    for override in ["targets.0.name=x", "targets.0.0=x", "name.x=1"]:
+        rc, lines, seconds = validate_in_process(doc, [override])
+        check(rc, lines, seconds)
+        assert rc == 2 and "is not a section" in lines[0], (override, lines)
 
 
 def test_numbers_read_as_yaml_1_2(tmp_path: Path) -> None:

@@ -61,11 +61,13 @@ def test_generated_yaml_syntax(doc: bytes) -> None:
     check(*validate_in_process(b"name: s\n" + doc, []))
 
 
-_OVERRIDE_KEYS = st.sampled_from(["name", "train.lr", "train.epochs", "train.threads",
-                                  "benchmark.tasks", "search.storage", "search.trials",
-                                  "targets.0.name", "targets.9.name", "model.hidden",
-                                  "model.hidden.0", "output_dir", "train", "method.kind",
-                                  "compression.default.pattern", "a..b", ".", "x" * 40])
+# a document whose sections are not all sections: overrides must not walk into a scalar
+ODD = "name: h\ntargets: [1, [2], {name: a}]\nmodel: 3\ntrain: {lr: [0.1]}\n"
+_OVERRIDE_KEYS = st.sampled_from([
+    "name", "train.lr", "train.epochs", "train.threads", "benchmark.tasks", "search.storage",
+    "search.trials", "targets.0.name", "targets.9.name", "targets.1.0", "targets.1.0.x",
+    "model.hidden", "model.hidden.0", "model.arch", "train.lr.0", "train.lr.0.x", "output_dir",
+    "train", "method.kind", "compression.default.pattern", "a..b", ".", "x" * 40])
 _OVERRIDE_VALUES = (st.text(max_size=30) | st.integers().map(str) | st.floats().map(str)
                     | st.sampled_from(["true", "null", "[1, 2", "{a: 1, a: 2}", "&a [*a]",
                                        "9" * 5000, "[" * 100, ".inf", "..",
@@ -75,6 +77,6 @@ _OVERRIDE_VALUES = (st.text(max_size=30) | st.integers().map(str) | st.floats().
 @FAST
 @given(overrides=st.lists(st.tuples(_OVERRIDE_KEYS | st.text(max_size=12), _OVERRIDE_VALUES)
                           .map(lambda kv: f"{kv[0]}={kv[1]}") | st.text(max_size=20),
-                          min_size=1, max_size=4))
-def test_generated_overrides(overrides: list[str]) -> None:
-    check(*validate_in_process(BASE.encode(), overrides))
+                          min_size=1, max_size=4), odd=st.booleans())
+def test_generated_overrides(overrides: list[str], odd: bool) -> None:
+    check(*validate_in_process((ODD if odd else BASE).encode(), overrides))
