@@ -6,7 +6,6 @@ Limits live in the types; cross-field rules live in validators whose messages na
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.recipe._methods import MethodField, WSNMethod
 from pipeline.recipe._pattern import Pattern
-from pipeline.recipe._section import BITS, RecipePath, Seed, _Section
+from pipeline.recipe._section import BITS, RecipePath, Seed, _Section, check_regex
 from pipeline.recipe._storage import check_storage_url, check_tracking_uri
 
 STREAMS = (
@@ -146,11 +145,7 @@ class LayerRule(LayerPlan):
     @field_validator("match")
     @classmethod
     def _regex_ok(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"not a valid regular expression: {e}") from None
-        return v
+        return check_regex(v)
 
 
 class CompressionConfig(_Section):
@@ -181,9 +176,9 @@ class SearchSpaceRule(_Section):
         for b in self.bits:
             LayerPlan(bits=b)
         try:
-            re.compile(self.match)
-        except re.error as e:
-            raise ValueError(f"match is not a valid regular expression: {e}") from None
+            check_regex(self.match)
+        except ValueError as e:
+            raise ValueError(f"match is {e}") from None
         return self
 
 

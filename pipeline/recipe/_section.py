@@ -9,6 +9,8 @@ the container only, with ``Field(strict=False)``; their items stay strict.
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +28,21 @@ def _path_ok(v: Path) -> Path:
     if len(text) > MAX_PATH:
         raise ValueError(f"paths must be at most {MAX_PATH} characters, found {len(text)}")
     return v
+
+
+def check_regex(text: str) -> str:
+    """``text`` if it compiles as a Python regular expression; ValueError (one line) if not.
+
+    ``re.compile`` raises more than ``re.error`` on hostile patterns (RecursionError for deeply
+    nested groups, OverflowError for huge repeat counts) and warns on some (FutureWarning).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            re.compile(text)
+    except (re.error, RecursionError, OverflowError, Warning) as e:
+        raise ValueError(f"not a valid regular expression: {str(e)[:100]}") from None
+    return text
 
 
 # a filesystem path written as a YAML string

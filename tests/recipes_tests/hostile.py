@@ -118,6 +118,12 @@ CORPUS: list[tuple[str, bytes, str]] = [
     ("base-60", b"name: x\ntrain: {epochs: 1:30}\n", "train.epochs: must be an integer"),
     ("octal", b"name: x\ntrain: {epochs: 010}\n", "train.epochs: must be an integer, got '010'"),
     ("tracking-uri", b"name: x\ntracking: {uri: 'nonsense://x'}\n", "tracking.uri: must be"),
+    ("regex-nested", b"name: x\ncompression: {rules: [{match: '" + b"(" * 510 + b")" * 510
+     + b"'}]}\n", "compression.rules.0.match: not a valid regular expression"),
+    ("regex-repeat", b"name: x\ncompression: {rules: [{match: 'a{99999999999}'}]}\n",
+     "not a valid regular expression"),
+    ("regex-warning", b"name: x\nsearch: {space: [{match: '[[a]'}]}\n",
+     "search.space.0: match is not a valid regular expression"),
     ("list-as-recipe", b"- a\n- b\n", "a recipe must be a YAML mapping"),
     ("empty", b"", "the file is empty"),
     ("scalar", b"42\n", "a recipe must be a YAML mapping"),
