@@ -216,12 +216,16 @@ def kill_cycles(folder: Path, kills: int, seed: int, log: Callable[[str], None]
         run_dir = out / "quickstart"
         during_commit = i % 2 == 1
         proc = run_cli(out, {SLEEP_ENV: "2"} if during_commit else None)
-        time.sleep(rng.uniform(0.5, took * 0.8))
-        deadline = time.monotonic() + 120
-        while during_commit and proc.poll() is None and time.monotonic() < deadline:
-            if list(run_dir.glob(".store.tpk.*.tmp")):
-                break
-            time.sleep(0.05)
+        if during_commit:  # in the commit of task k: its pre-commit state and temp file exist
+            k = (i // 2) % 3
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                if (run_dir / f"state-{k + 1}.npz").exists() and list(
+                        run_dir.glob(".store.tpk.*.tmp")):
+                    break
+                time.sleep(0.05)
+        else:  # anywhere in the run: start-up, training, evaluation, a commit
+            time.sleep(rng.uniform(0.2, 1.0) * took)
         temp_at_kill = bool(list(run_dir.glob(".store.tpk.*.tmp")))
         alive = proc.poll() is None
         if alive:
@@ -252,7 +256,7 @@ def main_() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mutations", type=int, default=600, help="mutated shipped recipes")
     ap.add_argument("--overrides", type=int, default=300, help="random --set override sets")
-    ap.add_argument("--kills", type=int, default=6, help="kill -9 cycles")
+    ap.add_argument("--kills", type=int, default=8, help="kill -9 cycles")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
@@ -272,10 +276,12 @@ def main_() -> None:
                  "of 3 tasks)", stores)
     killed = [r for r in rows if r["killed"]]
     out += ["\nkill -9 during a run, then the same command again\n",
-            "| cycles | killed before the end | of them during a commit | re-run store "
-            "byte-identical to an uninterrupted run | temp files left after the re-run |",
-            "|---:|---:|---:|---:|---:|",
+            "| cycles | killed before the end | of them during a commit | tasks committed "
+            "before each kill | re-run store byte-identical to an uninterrupted run | temp "
+            "files left after the re-run |",
+            "|---:|---:|---:|---|---:|---:|",
             f"| {len(rows)} | {len(killed)} | {sum(r['during_commit'] for r in rows)} | "
+            f"{', '.join(str(r['committed']) for r in rows)} | "
             f"{sum(r['identical'] for r in rows)} of {len(rows)} | "
             f"{sum(r['temp_left'] for r in rows)} |"]
     print("\n".join(out))
