@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails
 
 from pipeline.errors import RecipeError
 from pipeline.recipe._schema import Recipe
-from pipeline.recipe._yaml import MAX_BYTES, MAX_DEPTH, YAMLRejected, load_yaml
+from pipeline.recipe._yaml import MAX_BYTES, MAX_DEPTH, YAMLRejected, dump_yaml, load_yaml
 
 MAX_ERRORS = 5  # errors listed in one message; the rest are counted
 _EXCERPT = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
@@ -226,7 +226,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The fully resolved recipe (defaults filled in); loading it gives the same recipe."""
-    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+    return dump_yaml(recipe_to_dict(recipe))
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:

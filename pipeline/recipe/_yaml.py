@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "YAMLRejected", "load_yaml"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "YAMLRejected", "dump_yaml", "load_yaml"]
 
 # A shipped recipe is under 4 KiB, about 150 values and 5 levels deep: these leave 100x headroom
 # and still bound the time and memory of validating anything.
@@ -157,3 +157,16 @@ def load_yaml(text: str) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string this reader would take for a number (``"1e-3"``, a name ``"1e5"``),
+    so what ``dump_yaml`` writes, ``load_yaml`` reads back as the same data."""
+
+
+_Dumper.add_implicit_resolver(_INT, _INT_RE, list("-+0123456789"))
+_Dumper.add_implicit_resolver(_FLOAT, _FLOAT_RE, list("-+0123456789."))
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)

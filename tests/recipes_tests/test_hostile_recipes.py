@@ -77,3 +77,13 @@ def test_numbers_read_as_yaml_1_2(tmp_path: Path) -> None:
     r = load_recipe(path)
     assert (r.train.lr, r.train.lr_min, r.train.epochs, r.train.seed) == (0.01, 1e-6, 10, 16)
     assert r.description == "2020-01-01"  # a date stays the text it was written as
+
+
+@pytest.mark.parametrize("text", ["1e-3", "1e5", "0x1f", "-.5", "1:30", "010", "2020-01-01", "on"])
+def test_a_resolved_recipe_reads_back_as_itself(text: str) -> None:
+    from pipeline.recipe import recipe_from_dict, recipe_to_yaml
+    from pipeline.recipe._yaml import load_yaml
+
+    name = text if text[0].isalnum() and ":" not in text else "n"
+    recipe = recipe_from_dict({"name": name, "description": text})
+    assert recipe_from_dict(load_yaml(recipe_to_yaml(recipe))) == recipe
