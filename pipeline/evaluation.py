@@ -33,6 +33,7 @@ def snapshot_logits(model: ContinualNet, snapshot: dict[str, torch.Tensor], task
     missing = prunable - snapshot.keys()
     if missing:
         raise ValueError(f"snapshot of task {task} lacks prunable weights {sorted(missing)}")
+    snapshot = {k: v.to(x.device) for k, v in snapshot.items()}  # the store is host memory
     was_training = model.training
     model.eval()
     model.set_mode("dense")

@@ -22,6 +22,7 @@ import torch
 
 from pipeline.compress import Compressor, PlanCompressor, task_tensors
 from pipeline.data import build_stream
+from pipeline.device import apply_settings, resolve_device
 from pipeline.errors import InputError, RecipeError
 from pipeline.evaluation import AccuracyMatrix, committed_snapshot, evaluate_snapshot
 from pipeline.methods import build_method
@@ -58,13 +59,15 @@ def same_recipe(saved: Path, recipe: Recipe) -> bool:
 
 def prepare(recipe: Recipe, fresh: bool = False) -> Session:
     """Build stream, model, method and store; seeded so two runs of one recipe are identical."""
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
+    dev = resolve_device(recipe.train)
+    apply_settings(dev)
     stream = build_stream(recipe.benchmark)
+    # built on the CPU (the same initial weights whatever the device), then moved; the method
+    # is built after the move, so its masks and scores live beside the weights
     torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe.model, stream.input_shape)
+    model = build_model(recipe.model, stream.input_shape).to(dev.device)
     torch.manual_seed(recipe.train.seed)
-    scratch = build_model(recipe.model, stream.input_shape)
+    scratch = build_model(recipe.model, stream.input_shape).to(dev.device)
     method = build_method(model, recipe)
     run_dir = run_dir_for(recipe)
     store_path = recipe.store.path or run_dir / "store.tpk"
@@ -81,7 +84,7 @@ def prepare(recipe: Recipe, fresh: bool = False) -> Session:
         store = PackedStore.create(store_path, model.layer_shapes(), fingerprint,
                                    recipe.store.bit_budget)
     previous.write_text(resolved)
-    return Session(recipe, stream, model, method, scratch, store, run_dir)
+    return Session(recipe, stream, model, method, scratch, store, run_dir, dev)
 
 
 def task_metrics(rec: TaskRecord, row: list[float], before: float, baseline: float) -> dict:
@@ -109,7 +112,9 @@ def run_recipe(recipe: Recipe, tracker: Tracker | None = None, bars: Bars = QUIE
                        store_path=s.store.path, started=start)
     resumed = load_state(s, result)
     result.resumed_from = resumed
-    tags = {"taskpack.stream": recipe.benchmark.stream, "taskpack.method": recipe.method.kind}
+    log.info("training on %s", s.device.describe())
+    tags = {"taskpack.stream": recipe.benchmark.stream, "taskpack.method": recipe.method.kind,
+            "taskpack.train_device": s.device.describe()}
     if resumed:
         tags["taskpack.resumed_after_task"] = str(resumed - 1)
     parent = tracker.start(recipe.name, tags=tags)
@@ -172,7 +177,7 @@ def _run_tasks(s: Session, result: RunResult, parent: Run, bars: Bars, first: in
 
 def _one_task(s: Session, t: int, name: str, result: RunResult, child: Run, bars: Bars,
               compressor: Compressor) -> list[float]:
-    task = s.stream.load(t)
+    task = s.load_task(t)
     s.tests.append(task.test)
     baseline = baseline_accuracy(s, task)
     report, before = stage_train(s, task, bars)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.data import Split, Stream, Task
+from pipeline.device import TrainDevice
 from pipeline.evaluation import AccuracyMatrix
 from pipeline.methods import Method, TaskMasks
 from pipeline.models import ContinualNet
@@ -34,7 +35,12 @@ class Session:
     scratch: ContinualNet  # the untrained model, for FWT's random-init baseline
     store: PackedStore
     run_dir: Path
+    device: TrainDevice = field(default_factory=TrainDevice.host)
     tests: list[Split] = field(default_factory=list)
+
+    def load_task(self, index: int) -> Task:
+        """Task ``index`` of the stream, its data on the training device."""
+        return self.stream.load(index).to(self.device.device)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class TrainReport:
     best_val_acc: float
     final_lr: float
     seconds: float
+    epoch_seconds: list[float] = field(default_factory=list)  # per epoch, validation included
 
 
 @dataclass

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.compress import Compressed
+from pipeline.compress import Compressed, host_commit
 from pipeline.data import Task
 from pipeline.evaluation import committed_snapshot, evaluate_live, evaluate_snapshot
 from pipeline.progress import Bars
 from pipeline.session import Session, TrainReport
-from pipeline.store import LayerCommit, TaskCommit
 from pipeline.train import train_task
 
 __all__ = ["baseline_accuracy", "commit_task", "stage_evaluate", "stage_train"]
@@ -36,21 +35,16 @@ def stage_train(s: Session, task: Task, bars: Bars) -> tuple[TrainReport, float]
     s.method.begin_task(task.index, s.store)
     s.method.eval_mode(task.index).apply(s.model)
     before = evaluate_live(s.model, task.index, task.test, s.recipe.train.eval_batch_size)[0]
-    return train_task(s.method, task.index, task, s.recipe.train, bars), before
+    return train_task(s.method, task.index, task, s.recipe.train, bars, s.device), before
 
 
 def commit_task(s: Session, task: Task, compressed: Compressed,
                 tensors: dict[str, torch.Tensor]) -> None:
     """Write the task into the packed store (atomically; the file is complete or untouched)."""
-    commit = TaskCommit(
-        task=task.index,
-        layers={n: LayerCommit(r.mask, r.own, r.bits, r.values, r.codebook)
-                for n, r in compressed.layers.items()},
-        tensors=tensors,
-        meta={"name": task.name, "num_classes": task.num_classes,
-              **{k: float(v) for k, v in compressed.stats.items() if k.startswith("acc_")}},
-    )
-    s.store.commit(commit)
+    meta: dict[str, str | int | float | bool] = {
+        "name": task.name, "num_classes": task.num_classes,
+        **{k: float(v) for k, v in compressed.stats.items() if k.startswith("acc_")}}
+    s.store.commit(host_commit(task.index, compressed.layers, tensors, meta))
 
 
 def stage_evaluate(s: Session, upto: int) -> list[float]:

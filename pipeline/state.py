@@ -75,7 +75,7 @@ def load_state(s: Session, result: RunResult) -> int:
         data.get("baseline", [])[:n]
     bs = s.recipe.train.eval_batch_size
     for t in range(n):
-        s.tests.append(s.stream.load(t).test)
+        s.tests.append(s.load_task(t).test)
     for i in range(len(m.rows), n):  # rows lost to a kill between commit and progress
         m.rows.append([evaluate_snapshot(s.model, committed_snapshot(s.store, j), j,
                                          s.tests[j], bs)[0] for j in range(i + 1)])

@@ -18,10 +18,11 @@ from pipeline.models import ContinualNet, MaskedConv2d, MaskedLinear, TaskBatchN
 
 
 def task_module(model: ContinualNet, snapshot: dict[str, torch.Tensor], task: int) -> nn.Module:
-    """The task's network with weights from ``snapshot`` (keyed like the model's state dict)."""
+    """The task's network with weights from ``snapshot`` (keyed like the model's state dict),
+    on the CPU whatever device the model trains on: compilers take host modules."""
     if isinstance(model.backbone, nn.Sequential):
-        return _sequential(model, snapshot, task).eval()
-    return _Fixed(model, snapshot, task).eval()
+        return _sequential(model, snapshot, task).cpu().eval()
+    return _Fixed(model, snapshot, task).cpu().eval()
 
 
 def _sequential(model: ContinualNet, snapshot: dict[str, torch.Tensor],

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 
 from pipeline.data import Task
+from pipeline.device import TrainDevice
 from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate_live
 from pipeline.methods import Method, Phase
@@ -22,7 +25,23 @@ from pipeline.progress import QUIET, Bars
 from pipeline.recipe import TrainConfig
 from pipeline.session import TrainReport
 
-__all__ = ["TrainReport", "make_optimizer", "train_task"]
+__all__ = ["TrainReport", "compiled", "make_optimizer", "train_task"]
+
+_SYNC = 50  # steps between the host's reads of the loss (progress and the finite check)
+_COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., torch.Tensor]] = \
+    weakref.WeakKeyDictionary()
+
+
+def compiled(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """``torch.compile`` of ``model`` for training steps, made once per model (``train.compile``).
+
+    Evaluation and compression run the plain model: they are not where the time goes, and
+    evaluating committed tasks must not depend on a compiler's fusion choices.
+    """
+    fn = _COMPILED.get(model)
+    if fn is None:
+        fn = _COMPILED[model] = torch.compile(model)
+    return fn
 
 
 def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -34,22 +53,32 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
 
 
 def train_task(method: Method, task: int, data: Task, cfg: TrainConfig,
-               bars: Bars = QUIET) -> TrainReport:
-    """Run every phase of ``task``; the report sums epochs and seconds over the phases."""
+               bars: Bars = QUIET, device: TrainDevice | None = None) -> TrainReport:
+    """Run every phase of ``task``; the report sums epochs and seconds over the phases.
+
+    ``data`` lives on the model's device (``Session.load_task``); ``device`` adds the precision
+    (default: fp32 on the model's device).
+    """
     start = time.perf_counter()
+    # the example order comes from a CPU generator, so it is the same on every device
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + task)
-    report, epochs = None, 0
+    dev = device or TrainDevice.host()
+    report, epochs, per_epoch = None, 0, []
     for phase in method.phases(task):  # may be a generator: a phase can depend on the last
-        report = _train_phase(method, task, data, cfg, phase, gen, bars)
+        report = _train_phase(method, task, data, cfg, phase, gen, bars, dev)
         epochs += report.epochs
+        per_epoch += report.epoch_seconds
     if report is None:
         raise PipelineError(f"method {method.cfg.kind!r} gave task {task} no training phase")
-    return replace(report, epochs=epochs, seconds=time.perf_counter() - start)
+    return replace(report, epochs=epochs, seconds=time.perf_counter() - start,
+                   epoch_seconds=per_epoch)
 
 
 def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase: Phase,
-                 gen: torch.Generator, bars: Bars) -> TrainReport:
+                 gen: torch.Generator, bars: Bars, dev: TrainDevice) -> TrainReport:
     model = method.model
+    forward = compiled(model) if cfg.compile else model
+    on = data.train.x.device
     start = time.perf_counter()
     phase.mode.apply(model)
     if phase.lr is not None:
@@ -59,31 +88,42 @@ def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase:
     params = [p for g in phase.param_groups for p in g["params"]]
     lr, best_loss, best_acc, best_epoch, wait = cfg.lr, math.inf, math.nan, -1, 0
     best_state = [p.detach().clone() for p in params]
-    epoch = 0
+    epoch, per_epoch = 0, []
     label = f"task {task} epochs" if phase.name == "train" else f"task {task} {phase.name}"
     with bars.bar(label, max_epochs) as ebar:
         for epoch in range(max_epochs):
+            epoch_start = time.perf_counter()
             model.train()
             chosen = method.select_examples(task, epoch, len(data.train))
             if chosen is None:
                 order = torch.randperm(len(data.train), generator=gen)
             else:
-                order = chosen[torch.randperm(len(chosen), generator=gen)]
+                order = chosen.cpu()[torch.randperm(len(chosen), generator=gen)]
+            order = order.to(on)  # one copy per epoch, none per step
             steps = math.ceil(len(order) / cfg.batch_size)
+            finite = torch.ones((), dtype=torch.bool, device=on)
             with bars.bar(f"epoch {epoch}", steps) as bbar:
-                for i in range(0, len(order), cfg.batch_size):
+                for step, i in enumerate(range(0, len(order), cfg.batch_size)):
                     idx = order[i:i + cfg.batch_size]
-                    loss = method.loss(task, model(data.train.x[idx], task), data.train.y[idx])
-                    if not torch.isfinite(loss):
-                        raise PipelineError(f"task {task}: training loss became {loss.item()} "
-                                            f"in epoch {epoch}; lower train.lr (now {lr})")
+                    with dev.autocast():
+                        out = forward(data.train.x[idx], task)
+                    loss = method.loss(task, out.float(), data.train.y[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     method.after_backward(task)
                     opt.step()
                     method.after_step(task)
-                    bars.advance(bbar, info=f"loss {loss.item():.3f}")
+                    # the host reads the loss every _SYNC steps only: each read waits for
+                    # the device
+                    finite &= torch.isfinite(loss.detach())
+                    if (step + 1) % _SYNC == 0 or step + 1 == steps:
+                        if not bool(finite):
+                            raise PipelineError(
+                                f"task {task}: training loss became {loss.item()} in epoch "
+                                f"{epoch}; lower train.lr (now {lr})")
+                        bars.advance(bbar, (step % _SYNC) + 1, info=f"loss {loss.item():.3f}")
             val_acc, val_loss = evaluate_live(model, task, data.val, cfg.eval_batch_size)
+            per_epoch.append(time.perf_counter() - epoch_start)  # the val read synchronised
             bars.advance(ebar, info=f"val acc {val_acc:.2f}%")
             if val_loss < best_loss:
                 best_loss, best_acc, best_epoch, wait = val_loss, val_acc, epoch, 0
@@ -102,4 +142,4 @@ def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase:
         for p, best in zip(params, best_state, strict=True):
             p.copy_(best)
     return TrainReport(epoch + 1, best_epoch, best_loss, best_acc, lr,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, per_epoch)

@@ -73,7 +73,7 @@ class SearchCompressor(Compressor):
         narrow = sorted({b for sp in space.values() for b in sp.bits if b < 32})
         problem = TaskProblem(
             cctx, trained, s.store, layers_on_held_positions(trained, s.store.union_mask()),
-            reference, example=ctx.task.val.x[: cfg.latency_batch].contiguous(),
+            reference, example=ctx.task.val.x[: cfg.latency_batch].cpu().contiguous(),
             latency_fn=self.latency_fn, finetune_epochs=cfg.finetune_epochs,
             lr=recipe.train.lr / 10, batch_size=recipe.train.batch_size,
             seed=recipe.train.seed + t, quant_fallback=tuple(narrow) or (8,),

@@ -20,12 +20,13 @@ from pipeline.compress import (
     CompressContext,
     LayerResult,
     finetune_own,
+    host_commit,
     layer_snapshot,
     prune,
     quantize,
 )
 from pipeline.recipe import LayerPlan
-from pipeline.store import LayerCommit, PackedStore, TaskCommit
+from pipeline.store import PackedStore, TaskCommit
 from pipeline.subnet import task_module
 
 
@@ -94,10 +95,7 @@ class TaskProblem:
 
     def commit_of(self, layers: dict[str, LayerResult],
                   tensors: dict[str, torch.Tensor]) -> TaskCommit:
-        return TaskCommit(task=self.ctx.task,
-                          layers={n: LayerCommit(r.mask, r.own, r.bits, r.values, r.codebook)
-                                  for n, r in layers.items()},
-                          tensors=tensors)
+        return host_commit(self.ctx.task, layers, tensors)
 
     def module_of(self, layers: dict[str, LayerResult],
                   tensors: dict[str, torch.Tensor]) -> nn.Module:

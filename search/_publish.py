@@ -30,9 +30,9 @@ def publish_task(s: Session, task: int, masks: TaskMasks, run: Run) -> None:
     state.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"state/{k}": v.detach().cpu().numpy() for k, v in s.model.state_dict().items()}
     for name in masks.mask:
-        arrays[f"mask/{name}"] = masks.mask[name].numpy()
-        arrays[f"own/{name}"] = masks.own[name].numpy()
-        arrays[f"shared/{name}"] = masks.shared[name].numpy()
+        arrays[f"mask/{name}"] = masks.mask[name].cpu().numpy()
+        arrays[f"own/{name}"] = masks.own[name].cpu().numpy()
+        arrays[f"shared/{name}"] = masks.shared[name].cpu().numpy()
     atomic_write(state, lambda f: np.savez(f, **arrays))
     meta.write_text(json.dumps({"task": task, "mlflow_run_id": run.run_id}))
 

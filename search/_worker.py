@@ -53,9 +53,10 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
                                  for k in z.files if k.startswith("state/")})
         mask, own, shared = ({k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files
                               if k.startswith(f"{part}/")} for part in ("mask", "own", "shared"))
-    masks = TaskMasks(mask, own, shared)
+    masks = TaskMasks(s.method.from_store(mask), s.method.from_store(own),
+                      s.method.from_store(shared))
     tracker = tracker or NoopTracker()
     parent_id = json.loads(meta.read_text()).get("mlflow_run_id")
     run = tracker.open(parent_id) if parent_id else tracker.start(f"task-{task}-worker")
-    data = s.stream.load(task)
+    data = s.load_task(task)
     SearchCompressor(recipe, worker=True).compress(s, TaskContext(data, masks, bars or QUIET, run))

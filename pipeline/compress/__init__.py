@@ -9,6 +9,7 @@ from pipeline.compress._base import Compressed, Compressor
 from pipeline.compress._patterns import Pattern, group_ids, prune_step
 from pipeline.compress._plan import PlanCompressor
 from pipeline.compress._task import (
+    host_commit,
     layers_on_held_positions,
     load_task_tensors,
     task_tensors,
@@ -28,6 +29,7 @@ __all__ = [
     "CompressContext",
     "Compressed",
     "Compressor",
+    "host_commit",
     "LayerResult",
     "Pattern",
     "PlanCompressor",

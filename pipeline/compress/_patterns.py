@@ -23,14 +23,15 @@ import torch
 from pipeline.recipe import Pattern
 
 
-def group_ids(shape: tuple[int, ...], pattern: Pattern) -> torch.Tensor:
-    """An int64 tensor of ``shape``: the group each position belongs to."""
+def group_ids(shape: tuple[int, ...], pattern: Pattern,
+              device: torch.device | None = None) -> torch.Tensor:
+    """An int64 tensor of ``shape`` on ``device``: the group each position belongs to."""
     rows = shape[0]
     cols = 1
     for s in shape[1:]:
         cols *= s
-    r = torch.arange(rows).unsqueeze(1).expand(rows, cols)
-    c = torch.arange(cols).unsqueeze(0).expand(rows, cols)
+    r = torch.arange(rows, device=device).unsqueeze(1).expand(rows, cols)
+    c = torch.arange(cols, device=device).unsqueeze(0).expand(rows, cols)
     if pattern.kind == "unstructured":
         ids = r * cols + c
     elif pattern.kind == "channel":
@@ -58,19 +59,21 @@ def prune_step(weight: torch.Tensor, mask: torch.Tensor, own: torch.Tensor, patt
     target = int(round(fraction * n_own))
     if target <= 0:
         return mask.clone()
-    ids = group_ids(tuple(w.shape), pattern).flatten()
+    dev = w.device
+    ids = group_ids(tuple(w.shape), pattern, dev).flatten()
     flat_mask, flat_own = mask.flatten(), own.flatten()
     groups = int(ids.max()) + 1
     # group score: L2 norm of the task's weights in the group; own count per group
-    sq = torch.zeros(groups, dtype=torch.float64).index_add_(
+    sq = torch.zeros(groups, dtype=torch.float64, device=dev).index_add_(
         0, ids, (w.flatten().double() ** 2) * flat_mask.double())
-    own_count = torch.zeros(groups, dtype=torch.int64).index_add_(0, ids, flat_own.long())
+    own_count = torch.zeros(groups, dtype=torch.int64, device=dev).index_add_(
+        0, ids, flat_own.long())
     candidates = torch.nonzero(own_count > 0).flatten()
     # ties broken by group id so the result is deterministic
     order = candidates[torch.argsort(sq[candidates], stable=True)]
     cum = torch.cumsum(own_count[order], 0)
-    cut = int(torch.searchsorted(cum, torch.tensor(target))) + 1
-    drop = torch.zeros(groups, dtype=torch.bool)
+    cut = int(torch.searchsorted(cum, torch.tensor(target, device=dev))) + 1
+    drop = torch.zeros(groups, dtype=torch.bool, device=dev)
     drop[order[:cut]] = True
     return (flat_mask & ~drop[ids]).reshape(mask.shape)
 
@@ -88,7 +91,7 @@ def _prune_nm(w: torch.Tensor, mask: torch.Tensor, own: torch.Tensor,
     # rank own weights inside each group; keep the n largest (non-own entries have -1)
     order = torch.argsort(mag, dim=2, descending=True, stable=True)
     rank = torch.empty_like(order)
-    rank.scatter_(2, order, torch.arange(m).expand_as(order).contiguous())
+    rank.scatter_(2, order, torch.arange(m, device=w.device).expand_as(order).contiguous())
     keep_own = (rank < n).reshape(rows, -1)[:, :cols]
     new_mask = flat_mask & (~flat_own | keep_own)
     return new_mask.reshape(mask.shape)

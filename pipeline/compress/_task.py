@@ -7,8 +7,26 @@ import torch
 from pipeline.compress._tsn import LayerResult
 from pipeline.methods import TaskMasks
 from pipeline.models import ContinualNet
+from pipeline.store import LayerCommit, TaskCommit
 
-__all__ = ["layers_on_held_positions", "load_task_tensors", "task_tensors", "trained_layers"]
+__all__ = ["host_commit", "layers_on_held_positions", "load_task_tensors", "task_tensors",
+           "trained_layers"]
+
+
+def host_commit(task: int, layers: dict[str, LayerResult], tensors: dict[str, torch.Tensor],
+                meta: dict[str, str | int | float | bool] | None = None) -> TaskCommit:
+    """What the store is given for a task. The store is host memory: this is where a task's
+    tensors leave the training device (for a commit, and for the search's size estimates)."""
+    def host(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().cpu()
+
+    return TaskCommit(
+        task=task,
+        layers={n: LayerCommit(host(r.mask), host(r.own), r.bits, host(r.values),
+                               None if r.codebook is None else host(r.codebook))
+                for n, r in layers.items()},
+        tensors={k: host(v) for k, v in tensors.items()},
+        meta=meta or {})
 
 
 def task_tensors(model: ContinualNet, task: int) -> dict[str, torch.Tensor]:
@@ -36,4 +54,4 @@ def layers_on_held_positions(layers: dict[str, LayerResult],
                              held: dict[str, torch.Tensor]) -> set[str]:
     """Layers with own values on positions earlier tasks hold (TSN's split): such a layer must
     quantize, since its own codes have to fit the free bits of those positions."""
-    return {n for n, r in layers.items() if (r.own & held[n]).any()}
+    return {n for n, r in layers.items() if (r.own & held[n].to(r.own.device)).any()}

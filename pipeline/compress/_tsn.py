@@ -116,8 +116,9 @@ def finetune_own(ctx: CompressContext, layers: dict[str, LayerResult], epochs: i
         return
     names = list(layers)
     params = {n: layers[n].values.clone().requires_grad_(True) for n in names}
-    head = {k: v.clone().requires_grad_(v.is_floating_point())
-            for k, v in ctx.task_tensors.items()}
+    # the task's parameters (head, BN affine) learn; its buffers (BN running stats) do not
+    trainable = dict(ctx.model.named_parameters())
+    head = {k: v.clone().requires_grad_(k in trainable) for k, v in ctx.task_tensors.items()}
     opt = torch.optim.Adam([*params.values(), *(v for v in head.values() if v.requires_grad)],
                            lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -125,7 +126,7 @@ def finetune_own(ctx: CompressContext, layers: dict[str, LayerResult], epochs: i
     model.train()
     model.set_mode("dense")
     for _ in range(epochs):
-        order = torch.randperm(len(train), generator=gen)
+        order = torch.randperm(len(train), generator=gen).to(train.x.device)
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             state = {f"{n}.weight": params[n] * layers[n].mask for n in names} | head
@@ -171,7 +172,8 @@ def quantize(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[s
             original = r.values
             own_vals = original[r.own]
             for b in bits_list:
-                codebook, codes = fit_codebook(own_vals, b)
+                codebook, codes = fit_codebook(own_vals, b)  # on the host
+                codebook, codes = codebook.to(original.device), codes.to(original.device)
                 values = original.clone()
                 values[r.own] = codebook[codes]
                 acc = ctx.accuracy({**layers, name: LayerResult(r.mask, r.own, values)})

@@ -30,6 +30,12 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device: torch.device) -> Split:
+        """The split on ``device`` (itself when it is there already)."""
+        if self.x.device == device:
+            return self
+        return Split(self.x.to(device), self.y.to(device))
+
 
 @dataclass(frozen=True, eq=False)  # tensors have no truth value: compare by identity
 class Task:
@@ -41,6 +47,11 @@ class Task:
     train: Split
     val: Split
     test: Split
+
+    def to(self, device: torch.device) -> Task:
+        """The task with every split on ``device`` (training data lives where training runs)."""
+        return Task(self.index, self.name, self.num_classes, self.train.to(device),
+                    self.val.to(device), self.test.to(device))
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,12 @@ class Method(ABC):
         self.cfg = cfg
         self.recipe = recipe
 
+    def from_store(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tensors read from the store (host memory), moved beside the model's weights: the
+        one place a method's store reads cross to the training device."""
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) for k, v in tensors.items()}
+
     # ---- once per run -------------------------------------------------------------------
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Prepare the backbone once, before the first task (e.g. a fixed random backbone)."""

@@ -71,9 +71,12 @@ class WSN(Method):
 
     def after_commit(self, task: int, store: PackedStore) -> None:
         if len(self.masks) < task:  # resumed: the earlier tasks' masks come from the store
-            self.masks = [store.task_masks(t) for t in range(task)]
-        self.masks[task:] = [store.task_masks(task)]  # what was committed (compression prunes)
-        self.load_store_state(store.union_mask(), store.current_values(), store.used_bits())
+            self.masks = [self.from_store(store.task_masks(t)) for t in range(task)]
+        # what was committed (compression prunes)
+        self.masks[task:] = [self.from_store(store.task_masks(task))]
+        self.load_store_state(self.from_store(store.union_mask()),
+                              self.from_store(store.current_values()),
+                              self.from_store(store.used_bits()))
 
     def load_store_state(self, held: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
                          used_bits: dict[str, torch.Tensor] | None = None) -> None:

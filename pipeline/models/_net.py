@@ -28,10 +28,15 @@ class ContinualNet(nn.Module):
 
     def add_task(self, num_classes: int) -> int:
         """Add a head (and per-task norms); returns the new task's index."""
-        self.heads.append(nn.Linear(self.feature_dim, num_classes, bias=self.head_bias))
+        # initialised on the CPU (the same values whatever the device), then moved beside
+        # the backbone
+        device = next(self.backbone.parameters()).device
+        self.heads.append(nn.Linear(self.feature_dim, num_classes, bias=self.head_bias)
+                          .to(device))
         for m in self.backbone.modules():
             if isinstance(m, TaskBatchNorm):
                 m.add_task()
+                m.norms[-1].to(device)
         return len(self.heads) - 1
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.models import MaskedLinear, build_model, kth_smallest, topc_mask
+from pipeline.models import MaskedLinear, build_model, kth_largest_radix, kth_smallest, topc_mask
 from pipeline.recipe import ModelConfig
 
 
@@ -21,6 +21,24 @@ def test_kth_smallest_with_heavy_ties_and_bad_k() -> None:
         assert torch.equal(kth_smallest(x, k), x.kthvalue(k).values)
     with pytest.raises(ValueError, match=r"`1 <= k <= n` must hold, but got \(k=0, n=400000\)"):
         kth_smallest(x, 0)
+
+
+@pytest.mark.parametrize("values", ["uniform", "ties", "tiny", "zeros", "one"])
+def test_radix_select_matches_kthvalue(values: str) -> None:
+    # the GPU path of topc_mask; exact on any device, so it is checked here on the CPU
+    g = torch.Generator().manual_seed(3)
+    n = 1 if values == "one" else 300_001
+    x = {"uniform": lambda: torch.rand(n, generator=g),
+         "ties": lambda: torch.randint(0, 7, (n,), generator=g).float(),
+         "tiny": lambda: torch.rand(n, generator=g) * 1e-38,  # subnormals
+         "zeros": lambda: torch.zeros(n),
+         "one": lambda: torch.tensor([0.25])}[values]()
+    for k in sorted({1, n, max(1, n // 7), max(1, n // 2)}):
+        got = kth_largest_radix(x, k)
+        assert got.shape == (1,) and got.item() == x.kthvalue(n - k + 1).values.item()
+        assert int((x >= got).sum()) >= k
+    with pytest.raises(ValueError):
+        kth_largest_radix(x, n + 1)
 
 
 def test_topc_mask_on_a_hand_made_4x8_layer() -> None:

@@ -81,6 +81,16 @@ class MethodContract:
         assert store.num_tasks == 2
         assert store.report().as_metrics()["store/bytes_total"] == result.store_path.stat().st_size
 
+    @pytest.mark.gpu
+    def test_two_tasks_run_on_the_gpu_without_forgetting(self, tmp_path: Path) -> None:
+        # everything a method reads from the store must reach the model's device
+        # (Method.from_store); this is where a method that forgets to move it fails
+        recipe = self.recipe(tmp_path, train={**self.recipe().train.model_dump(),
+                                              "device": "cuda"})
+        result = run_recipe(recipe, compressor=PlanCompressor())
+        rows = result.matrix.as_list()
+        assert rows[1][0] == rows[0][0] and result.bwt == 0.0
+
 
 class TestWSN(MethodContract):
     method = {"kind": "wsn", "density": 0.5}
@@ -127,8 +137,8 @@ class FirstTask(Method):
         return TaskMasks(mask, own, shared)
 
     def after_commit(self, task: int, store: PackedStore) -> None:
-        self.held = store.union_mask()
-        values = store.current_values()
+        self.held = self.from_store(store.union_mask())
+        values = self.from_store(store.current_values())
         with torch.no_grad():
             for n, m in self.model.masked_layers().items():
                 m.weight.copy_(torch.where(self.held[n], values[n], m.weight))

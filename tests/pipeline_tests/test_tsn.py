@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.compress import CompressContext, LayerResult, prune, quantize, task_tensors
+from pipeline.compress import (
+    CompressContext,
+    LayerResult,
+    finetune_own,
+    prune,
+    quantize,
+    task_tensors,
+)
 from pipeline.methods import TSN
 from pipeline.recipe import LayerPlan, TrainConfig, recipe_from_dict
 from pipeline.train import train_task
@@ -13,8 +20,8 @@ from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
 CFG = TrainConfig(lr=0.01, epochs=3, batch_size=16, eval_batch_size=32)
 
 
-def _trained(policy: str = "split"):
-    model = tiny_mlp(hidden=(32, 32))
+def _trained(policy: str = "split", norm: str = "none"):
+    model = tiny_mlp(hidden=(32, 32), norm=norm)
     method_cfg = recipe_from_dict({"name": "t", "method": {"kind": "tsn", "density": 0.5,
                                                            "policy": policy}}).method
     method = TSN(model, method_cfg)
@@ -42,6 +49,21 @@ def test_pruning_shrinks_mask_and_own_together_within_delta() -> None:
         assert torch.equal(r.own, own0 & r.mask)  # pruned positions leave own and mask
         assert 1 - r.own.sum() / own0.sum() <= 0.5 + 1e-6
     assert any(int(r.own.sum()) < int(before[n][1].sum()) for n, r in layers.items())
+
+
+def test_finetuning_trains_own_weights_and_norm_affine_but_not_running_stats() -> None:
+    # per-task BN: its running stats are task tensors but not parameters (a regression: they
+    # were made to require grad, which batch norm refuses)
+    model, _, layers, ctx = _trained(norm="per_task")
+    before = {n: r.values.clone() for n, r in layers.items()}
+    finetune_own(ctx, layers, epochs=1, lr=0.01, batch_size=16, seed=0)
+    params = dict(model.named_parameters())
+    assert any(k in params for k in ctx.task_tensors) and any(
+        k.endswith("running_mean") for k in ctx.task_tensors)
+    assert not any(v.requires_grad for v in ctx.task_tensors.values())
+    for n, r in layers.items():
+        assert torch.equal(r.values[~r.own], before[n][~r.own])  # only own positions move
+    assert any(not torch.equal(r.values, before[n]) for n, r in layers.items())
 
 
 def test_pruning_with_zero_tolerance_rejects_harmful_steps() -> None:

@@ -1,0 +1,30 @@
+"""Suite-wide fixtures: torch's process settings restored after every test, GPU tests skipped
+cleanly where PyTorch sees no GPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; PyTorch sees none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_settings() -> Iterator[None]:
+    """A run sets threads, determinism and TF32 for its process (pipeline.device); a test must
+    not leave them changed for the next one."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield
+    torch.set_num_threads(saved[0])
+    torch.use_deterministic_algorithms(saved[1])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]
