@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from pipeline.models import build_model, model_fingerprint
 from pipeline.progress import QUIET, Bars
 from pipeline.recipe import Recipe, flatten, load_recipe, recipe_to_dict, recipe_to_yaml
 from pipeline.report import write_artifacts
+from pipeline.rundir import prepare_run_dir
 from pipeline.session import RunResult, Session, TaskContext, TaskRecord
 from pipeline.stages import baseline_accuracy, commit_task, stage_evaluate, stage_train
 from pipeline.state import load_state, save_state, save_state_before_commit
@@ -72,13 +72,7 @@ def prepare(recipe: Recipe, fresh: bool = False) -> Session:
     run_dir = run_dir_for(recipe)
     store_path = recipe.store.path or run_dir / "store.tpk"
     resolved = recipe_to_yaml(recipe)
-    if fresh:
-        if run_dir.resolve().parent != recipe.output_dir.resolve():  # never delete outside it
-            raise InputError(f"run folder {run_dir} is not inside output_dir "
-                             f"{recipe.output_dir}; refusing to delete it")
-        shutil.rmtree(run_dir, ignore_errors=True)
-        store_path.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir, recipe.output_dir, store_path, fresh)  # --fresh, marker, temp files
     previous = run_dir / "recipe.yaml"
     if store_path.exists() and previous.exists() and not same_recipe(previous, recipe):
         raise InputError(f"{run_dir} holds a run of a different recipe; re-run with --fresh to "

@@ -85,20 +85,23 @@ class WSNMethod(MethodConfig):
 class PruneConfig(_Section):
     """TSN fine-tuned pruning (docs/methods.md); targets come from the compression plan."""
 
-    delta: float = Field(default=0.2, ge=0, description="max validation accuracy drop, points")
-    steps: int = Field(default=20, ge=0, description="pruning steps, round-robin over layers")
+    delta: float = Field(default=0.2, ge=0, le=100,
+                         description="max validation accuracy drop, points")
+    steps: int = Field(default=20, ge=0, le=10_000,
+                       description="pruning steps, round-robin over layers")
     step_fraction: float = Field(default=0.2, gt=0, le=1,
                                  description="fraction of a layer's own weights one step removes")
-    finetune_epochs: int = Field(default=1, ge=0,
+    finetune_epochs: int = Field(default=1, ge=0, le=10_000,
                                  description="retrain surviving own weights after pruning")
 
 
 class QuantizeConfig(_Section):
     """TSN adaptive non-linear quantization of own weights (docs/methods.md)."""
 
-    bits: list[int] = Field(default=[2, 3, 4, 6, 8], min_length=1,
+    bits: list[int] = Field(default=[2, 3, 4, 6, 8], min_length=1, max_length=len(BITS),
                             description="candidate bit-widths, tried in ascending order")
-    delta: float = Field(default=0.2, ge=0, description="max validation accuracy drop, points")
+    delta: float = Field(default=0.2, ge=0, le=100,
+                         description="max validation accuracy drop, points")
     adaptive: bool = Field(default=True, description="False: use the plan's bits as given")
 
     @field_validator("bits")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 __all__ = ["Pattern"]
 
-_NM = re.compile(r"(\d+):(\d+)")
-_BLOCK = re.compile(r"block\((\d+),(\d+)\)")
+_NM = re.compile(r"(\d{1,5}):(\d{1,5})")  # sizes past 99999 are typos, not blocks
+_BLOCK = re.compile(r"block\((\d{1,5}),(\d{1,5})\)")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ Limits live in the types; cross-field rules live in validators whose messages na
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,7 +13,8 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.recipe._methods import MethodField, WSNMethod
 from pipeline.recipe._pattern import Pattern
-from pipeline.recipe._section import BITS, _Section
+from pipeline.recipe._section import BITS, RecipePath, Seed, _Section, check_regex
+from pipeline.recipe._storage import check_storage_url, check_tracking_uri
 
 STREAMS = (
     "permuted_mnist",
@@ -27,28 +27,39 @@ STREAMS = (
     "tinyimagenet",
 )
 ARCHS = ("mlp", "alexnet", "resnet18", "tinynet")
+# Upper bounds: far above any real run, low enough that a typo cannot ask for years of compute or
+# terabytes of memory. Each is in the field's schema (``taskpack schema``).
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1 << 20
+MAX_EXAMPLES = 100_000_000
+MAX_WIDTH = 1 << 16
+# A folder name under output_dir: no path separators, not "." or ".." and no leading dot
+# (``--fresh`` deletes the run folder, so a name that points outside it would delete other data).
+SAFE_NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+Text = Annotated[str, Field(max_length=4096)]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class BenchmarkConfig(_Section):
     """Which task stream to learn, and how to cut validation and quick-run subsets."""
 
     stream: Literal[STREAMS] = "permuted_mnist"  # type: ignore[valid-type]
-    tasks: Annotated[int, Field(ge=1)] | None = Field(
+    tasks: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
         default=None, description="number of tasks; None = the stream's natural count"
     )
-    classes_per_task: Annotated[int, Field(ge=2)] | None = Field(
+    classes_per_task: Annotated[int, Field(ge=2, le=100_000)] | None = Field(
         default=None, description="split streams only (Split CIFAR-100: 10 or 5)"
     )
-    seed: int = 0
+    seed: Seed = 0
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
-    train_limit: Annotated[int, Field(ge=10)] | None = Field(
+    train_limit: Annotated[int, Field(ge=10, le=MAX_EXAMPLES)] | None = Field(
         default=None, description="keep at most this many training examples per task"
     )
-    test_limit: Annotated[int, Field(ge=10)] | None = None
-    data_dir: Path | None = Field(
+    test_limit: Annotated[int, Field(ge=10, le=MAX_EXAMPLES)] | None = None
+    data_dir: RecipePath | None = Field(
         default=None, description="folder with local datasets (CIFAR, SVHN, TinyImageNet)"
     )
-    cache_dir: Path | None = Field(
+    cache_dir: RecipePath | None = Field(
         default=None, description="folder of fetched data; default $TASKPACK_DATA or ~/.cache"
     )
 
@@ -57,8 +68,9 @@ class ModelConfig(_Section):
     """The shared backbone; every task gets its own head."""
 
     arch: Literal[ARCHS] = "mlp"  # type: ignore[valid-type]
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(default=[2000, 2000], min_length=1)
-    width: int = Field(default=20, ge=1, description="resnet18 base width")
+    hidden: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        default=[2000, 2000], min_length=1, max_length=64)
+    width: int = Field(default=20, ge=1, le=1024, description="resnet18 base width")
     norm: Literal["none", "stateless", "per_task"] = Field(
         default="none",
         description="stateless = BN without affine and without running stats (WSN); "
@@ -72,17 +84,18 @@ class TrainConfig(_Section):
     """Per-task training with early stopping on validation loss (WSN schedule)."""
 
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(default=1e-3, gt=0)
-    lr_min: float = Field(default=1e-6, gt=0)
-    lr_factor: float = Field(default=2.0, gt=1, description="lr is divided by this on a plateau")
-    patience: int = Field(default=6, ge=0)
-    epochs: int = Field(default=5, ge=1)
-    batch_size: int = Field(default=256, ge=1)
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    lr_min: float = Field(default=1e-6, gt=0, le=10)
+    lr_factor: float = Field(default=2.0, gt=1, le=1000,
+                             description="lr is divided by this on a plateau")
+    patience: int = Field(default=6, ge=0, le=MAX_EPOCHS)
+    epochs: int = Field(default=5, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
     eval_batch_size: int = Field(
-        default=256, ge=1, description="fixed: BN with batch statistics depends on it"
-    )
+        default=256, ge=1, le=MAX_BATCH,
+        description="fixed: BN with batch statistics depends on it")
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(
         default=None, description="torch's CPU threads; None = every core this process may use")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -107,7 +120,7 @@ class LayerPlan(_Section):
 
     sparsity: float = Field(default=0.0, ge=0, lt=1,
                             description="fraction of own weights removed")
-    pattern: str = Field(default="unstructured",
+    pattern: str = Field(default="unstructured", max_length=64,
                          description="unstructured | n:m | block(h,w) | channel")
     bits: int = Field(default=32, description=f"one of {BITS}")
 
@@ -127,16 +140,12 @@ class LayerPlan(_Section):
 class LayerRule(LayerPlan):
     """A LayerPlan for the layers whose qualified name equals ``match`` or matches it as regex."""
 
-    match: str = Field(min_length=1)
+    match: str = Field(min_length=1, max_length=1024)
 
     @field_validator("match")
     @classmethod
     def _regex_ok(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"not a valid regular expression: {e}") from None
-        return v
+        return check_regex(v)
 
 
 class CompressionConfig(_Section):
@@ -149,12 +158,13 @@ class CompressionConfig(_Section):
 class SearchSpaceRule(_Section):
     """What the search may choose for the layers whose name equals or matches ``match``."""
 
-    match: str = Field(default=".*", min_length=1)
-    sparsity: tuple[float, float] = Field(default=(0.0, 0.9),
+    match: str = Field(default=".*", min_length=1, max_length=1024)
+    sparsity: tuple[float, float] = Field(default=(0.0, 0.9), strict=False,
                                           description="[low, high] fraction of own weights")
     sparsity_step: float = Field(default=0.1, gt=0, le=1)
-    patterns: list[str] = Field(default=["unstructured", "block(16,1)"], min_length=1)
-    bits: list[int] = Field(default=[4, 8, 32], min_length=1)
+    patterns: list[Annotated[str, Field(max_length=64)]] = Field(
+        default=["unstructured", "block(16,1)"], min_length=1, max_length=64)
+    bits: list[int] = Field(default=[4, 8, 32], min_length=1, max_length=len(BITS))
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpaceRule:
@@ -166,19 +176,19 @@ class SearchSpaceRule(_Section):
         for b in self.bits:
             LayerPlan(bits=b)
         try:
-            re.compile(self.match)
-        except re.error as e:
-            raise ValueError(f"match is not a valid regular expression: {e}") from None
+            check_regex(self.match)
+        except ValueError as e:
+            raise ValueError(f"match is {e}") from None
         return self
 
 
 class SearchConstraints(_Section):
     """Limits a chosen plan must meet (Optuna constraints: violated trials are infeasible)."""
 
-    max_acc_drop: Annotated[float, Field(ge=0)] | None = Field(
+    max_acc_drop: Annotated[float, Field(ge=0, le=100)] | None = Field(
         default=1.0, description="points of validation accuracy below the uncompressed task")
-    max_latency_ms: Annotated[float, Field(gt=0)] | None = None
-    max_bytes: Annotated[int, Field(gt=0)] | None = Field(
+    max_latency_ms: Annotated[float, Field(gt=0, le=3_600_000)] | None = None
+    max_bytes: Annotated[int, Field(gt=0, le=1 << 50)] | None = Field(
         default=None, description="bytes the task may add to the store")
 
 
@@ -187,7 +197,7 @@ class SelectionConfig(_Section):
 
     policy: Literal["min_latency_within_acc_drop", "max_accuracy_under_latency_ms", "knee"] = (
         "min_latency_within_acc_drop")
-    value: Annotated[float, Field(ge=0)] | None = Field(
+    value: Annotated[float, Field(ge=0, le=3_600_000)] | None = Field(
         default=0.5, description="the drop (points) or the latency (ms) the policy names")
 
     @model_validator(mode="after")
@@ -201,40 +211,48 @@ class SearchConfig(_Section):
     """Per-task Optuna search over LayerPlans, scored by accuracy, compiled latency and bytes."""
 
     enabled: bool = False
-    trials: int = Field(default=16, ge=1)
-    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    trials: int = Field(default=16, ge=1, le=100_000)
+    timeout_s: Annotated[float, Field(gt=0, le=30 * 86_400)] | None = None
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
-    seed: int = Field(default=0, description="task t's sampler is seeded with seed + t")
-    storage: str | None = Field(default=None,
-                                description="None: a journal file under the run folder; or an "
-                                            "RDB URL shared by several workers")
-    space: list[SearchSpaceRule] = Field(default=[SearchSpaceRule()], min_length=1)
+    seed: Seed = Field(default=0, description="task t's sampler is seeded with seed + t")
+    storage: Annotated[str, Field(max_length=4096)] | None = Field(
+        default=None, description="None: a journal file under the run folder; or an RDB URL "
+        "shared by several workers: sqlite:///path, postgresql://... or postgresql+psycopg://...")
+    space: list[SearchSpaceRule] = Field(default=[SearchSpaceRule()], min_length=1,
+                                         max_length=1024)
     objectives: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]] = Field(
-        default=["accuracy", "latency", "bytes"], min_length=1,
+        default=["accuracy", "latency", "bytes"], min_length=1, max_length=16,
         description="registered search objectives (built in: accuracy, latency, bytes)")
     constraints: SearchConstraints = SearchConstraints()
     selection: SelectionConfig = SelectionConfig()
-    finetune_epochs: int = Field(default=0, ge=0, description="own-weight fine-tune per trial")
+    finetune_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS,
+                                 description="own-weight fine-tune per trial")
     warm_start: bool = Field(default=True,
                              description="task t's first trial is task t-1's chosen plan")
-    latency_batch: int = Field(default=1, ge=1)
-    target: str | None = Field(default=None, description="target name; None = the first")
+    latency_batch: int = Field(default=1, ge=1, le=MAX_BATCH)
+    target: Name | None = Field(default=None, description="target name; None = the first")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_ok(cls, v: str | None) -> str | None:
+        return None if v is None else check_storage_url(v)
 
 
 class RPCConfig(_Section):
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
     port: int = Field(default=9190, ge=1, le=65535)
-    key: str = Field(min_length=1)
+    key: Name
 
 
 class TargetConfig(_Section):
     """A device to compile for and measure on."""
 
-    name: str = Field(min_length=1)
+    name: Name = Field(pattern=SAFE_NAME, description="names export folders, like a run name")
     kind: Literal["host", "aarch64", "cuda", "rpc"] = "host"
-    backend: str = Field(default="eager", description="a registered compiler (eager, tvm, ...)")
-    mcpu: str | None = Field(default=None, description="LLVM -mcpu; None = detect the host")
-    tune_trials: int = Field(default=0, ge=0, description="MetaSchedule trials per workload")
+    backend: Name = Field(default="eager", description="a registered compiler (eager, tvm, ...)")
+    mcpu: Name | None = Field(default=None, description="LLVM -mcpu; None = detect the host")
+    tune_trials: int = Field(default=0, ge=0, le=100_000,
+                             description="MetaSchedule trials per workload")
     threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(
         default=None,
         description="runtime threads of the compiled model (TVM's pool, ONNX Runtime's); "
@@ -242,8 +260,8 @@ class TargetConfig(_Section):
     rpc: RPCConfig | None = None
     remote_arch: Literal["host", "aarch64"] = Field(
         default="host", description="rpc targets: which code the remote device runs")
-    transforms: list[str] = Field(
-        default=["shrink", "block_sparse"],
+    transforms: list[Name] = Field(
+        default=["shrink", "block_sparse"], max_length=64,
         description="registered compile-time transforms (shrink, block_sparse, int8, ...) that "
                     "turn the task's structure into speed")
 
@@ -275,34 +293,59 @@ class TargetConfig(_Section):
 
 
 class StoreConfig(_Section):
-    path: Path | None = Field(default=None, description="default: <run dir>/store.tpk")
+    path: RecipePath | None = Field(default=None, description="default: <run dir>/store.tpk")
     bit_budget: int = Field(default=32, ge=1, le=64, description="bits per weight position")
 
 
 class TrackingConfig(_Section):
     enabled: bool = True
-    uri: str = "sqlite:///mlruns/mlflow.db"
-    experiment: str = "taskpack"
-    artifact_location: str = "mlruns/artifacts"
+    uri: Text = Field(default="sqlite:///mlruns/mlflow.db",
+                      description="MLflow tracking URI (sqlite:///, postgresql://, http(s)://...) "
+                                  "or a local folder")
+    experiment: Name = "taskpack"
+    artifact_location: Text = "mlruns/artifacts"
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_ok(cls, v: str) -> str:
+        return check_tracking_uri(v)
 
 
 class Recipe(_Section):
     """A whole run: benchmark x model x method x compression x search x targets."""
 
-    # a folder name under output_dir: no path separators, and not "." or ".." (``--fresh``
-    # deletes the run folder, so a name that points outside it would delete other data)
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
-    description: str = ""
+    name: Name = Field(pattern=SAFE_NAME, description="the run folder's name under output_dir: "
+                       "letters, digits, _ - and . (not first)")
+    description: Text = ""
     benchmark: BenchmarkConfig = BenchmarkConfig()
     model: ModelConfig = ModelConfig()
     method: MethodField = WSNMethod()
     train: TrainConfig = TrainConfig()
     compression: CompressionConfig = CompressionConfig()
     search: SearchConfig = SearchConfig()
-    targets: list[TargetConfig] = [TargetConfig(name="host")]
+    targets: list[TargetConfig] = Field(default=[TargetConfig(name="host")], max_length=64)
     store: StoreConfig = StoreConfig()
     tracking: TrackingConfig = TrackingConfig()
-    output_dir: Path = Field(default=Path("mlruns/runs"), description="run folders go here")
+    output_dir: RecipePath = Field(default=Path("mlruns/runs"),
+                                   description="run folders go here: a directory, or a path "
+                                               "that can be created as one")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_usable(cls, v: Path) -> Path:
+        # only stat calls: validating never creates anything
+        for p in (v, *v.parents):
+            try:
+                if not p.exists():
+                    continue
+            except OSError as exc:
+                raise ValueError(f"must be a usable path, found {exc.strerror}") from None
+            if not p.is_dir():
+                what = "is" if p == v else f"lies under {str(p)!r}, which is"
+                raise ValueError(f"must be a directory or a path that can be created as one, "
+                                 f"found it {what} a file")
+            break
+        return v
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Recipe:

@@ -7,12 +7,14 @@ format is described in docs/store-format.md.
 
 from pipeline.store._codebook import fit_codebook
 from pipeline.store._codec import ALLOWED_BITS, LayerCommit, TaskCommit
+from pipeline.store._format import MAGIC as FORMAT_MAGIC
 from pipeline.store._format import VERSION as FORMAT_VERSION
 from pipeline.store._report import LayerReport, StoreReport, TaskReport, format_report
 from pipeline.store._store import SLEEP_ENV, PackedStore
 
 __all__ = [
     "ALLOWED_BITS",
+    "FORMAT_MAGIC",
     "FORMAT_VERSION",
     "SLEEP_ENV",
     "LayerCommit",

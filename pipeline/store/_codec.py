@@ -305,6 +305,9 @@ def _decode_layer(
         if bl != 4 * k or k > 1 << bits:
             raise StoreError(f"{what}: codebook must take 4*k bytes with k <= 2^bits, found {bl}")
         book = np.frombuffer(parts["codebooks"][bo : bo + bl], dtype="<f4")
+        if not np.isfinite(book).all():  # encode_task never writes one: the file is corrupt
+            raise StoreError(f"{what}: codebook entries must be finite, found "
+                             f"{int(np.count_nonzero(~np.isfinite(book)))} NaN/inf")
         codes = unpack_codes(raw, n_own, bits) if n_own else np.zeros(0, np.int64)
         if codes.size and int(codes.max()) >= k:
             raise StoreError(f"{what}: codes must be < codebook size {k}, found {codes.max()}")

@@ -69,11 +69,13 @@ def test_sigkill_during_commit_then_resume_matches_an_uninterrupted_run(tmp_path
     # the previous store is readable and intact: exactly task 0, same bytes as before the kill
     assert store_path.read_bytes() == before_kill
     assert PackedStore.open(store_path).num_tasks == 1
+    assert list(run_dir.glob(".store.tpk.*.tmp"))  # the killed commit's full-size temp file
 
     resumed = _cli(tmp_path / "killed")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "continued after 1 committed task(s)" in out
+    assert not list(run_dir.glob(".store.tpk.*.tmp")), "the next start removes it"
 
     # the uninterrupted run: also a fresh process, so both use the same torch thread count
     straight = _cli(tmp_path / "straight")
