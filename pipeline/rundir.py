@@ -21,6 +21,10 @@ __all__ = ["MARKER", "prepare_run_dir"]
 
 MARKER = ".taskpack-run"
 _RUN_FILES = re.compile(r"state-[0-9]+\.npz|progress\.json")  # what the runner writes atomically
+# everything a taskpack older than the marker put in a run folder (it always wrote recipe.yaml)
+_LEGACY_FILES = re.compile(r"recipe\.yaml|store\.tpk|state-[0-9]+\.npz|progress\.json|"
+                           r"results\.json|tasks\.csv|accuracy_matrix\.png|store_report\.txt|"
+                           r"search|\..+\.tmp")
 
 
 def prepare_run_dir(run_dir: Path, output_dir: Path, store_path: Path, fresh: bool) -> None:
@@ -55,13 +59,22 @@ def _delete_run_dir(run_dir: Path, output_dir: Path) -> None:
     if marker.is_symlink() or not marker.is_file():
         if not any(run_dir.iterdir()):
             return
-        raise InputError(f"{refuse}: it has content but no {MARKER} marker, so taskpack did not "
-                         "create it (or a taskpack older than the marker did); move or delete it "
-                         "yourself, or set name / output_dir")
+        if not _made_before_the_marker(run_dir):
+            raise InputError(f"{refuse}: it has content but no {MARKER} marker, so taskpack did "
+                             "not create it; move or delete it yourself, or set name / "
+                             "output_dir")
     try:
         shutil.rmtree(run_dir)  # never follows symbolic links inside the folder
     except OSError as exc:
         raise PipelineError(f"could not delete run folder {run_dir}: {exc}") from None
+
+
+def _made_before_the_marker(run_dir: Path) -> bool:
+    """A run folder of a taskpack older than the marker: its recipe.yaml and nothing but the
+    files such a run writes (no symbolic links)."""
+    entries = list(run_dir.iterdir())
+    return (run_dir / "recipe.yaml").is_file() and all(
+        not e.is_symlink() and _LEGACY_FILES.fullmatch(e.name) is not None for e in entries)
 
 
 def _delete_store(store_path: Path) -> None:

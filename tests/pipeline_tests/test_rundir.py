@@ -42,6 +42,26 @@ def test_fresh_refuses_a_folder_without_the_marker(tmp_path: Path) -> None:
     assert not (run_dir / MARKER).exists()
 
 
+def test_a_run_folder_of_a_taskpack_older_than_the_marker_is_recognised(tmp_path: Path) -> None:
+    # `make demo` runs with --fresh; a machine with an older run must not need a manual rm
+    run_dir = tmp_path / "r"
+    (run_dir / "search").mkdir(parents=True)
+    for name in ("recipe.yaml", "store.tpk", "state-2.npz", "progress.json", "results.json"):
+        (run_dir / name).write_text("x")
+    prepare_run_dir(run_dir, tmp_path, run_dir / "store.tpk", fresh=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == [MARKER]
+    # one foreign file, or no recipe.yaml, and it is not taskpack's
+    for foreign in (["recipe.yaml", "notes.txt"], ["results.json"]):
+        run_dir.joinpath(MARKER).unlink()
+        for name in foreign:
+            (run_dir / name).write_text("x")
+        with pytest.raises(InputError, match="no .taskpack-run marker"):
+            prepare_run_dir(run_dir, tmp_path, run_dir / "store.tpk", fresh=True)
+        for p in run_dir.iterdir():
+            p.unlink()
+        (run_dir / MARKER).write_text("")
+
+
 def test_an_empty_folder_is_adopted(tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
     run_dir.mkdir()
