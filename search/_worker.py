@@ -32,6 +32,7 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
     from pipeline.tracking import NoopTracker
     from search._compressor import SearchCompressor
 
+    compressor = SearchCompressor(recipe, worker=True)  # checks search.storage first
     s = prepare(recipe)
     if s.store.num_tasks != task:
         raise InputError(f"task {task} is not being searched: the store holds "
@@ -59,4 +60,4 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
     parent_id = json.loads(meta.read_text()).get("mlflow_run_id")
     run = tracker.open(parent_id) if parent_id else tracker.start(f"task-{task}-worker")
     data = s.load_task(task)
-    SearchCompressor(recipe, worker=True).compress(s, TaskContext(data, masks, bars or QUIET, run))
+    compressor.compress(s, TaskContext(data, masks, bars or QUIET, run))

@@ -219,6 +219,21 @@ class SearchConfig(_Section):
                              description="task t's first trial is task t-1's chosen plan")
     latency_batch: int = Field(default=1, ge=1)
     target: str | None = Field(default=None, description="target name; None = the first")
+    # RDB storages only: a worker records a heartbeat every heartbeat_s while it runs a trial; a
+    # trial silent for grace_s (its worker died) is failed and asked again. Generous by default:
+    # a trial whose process is busy in a long TVM build must not be taken for dead.
+    heartbeat_s: int = Field(default=10, ge=1, le=3600,
+                             description="RDB storage: seconds between a trial's heartbeats")
+    grace_s: int = Field(default=120, ge=2, le=86400,
+                         description="RDB storage: a running trial with no heartbeat for this "
+                                     "long is failed and retried")
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> SearchConfig:
+        if self.grace_s <= self.heartbeat_s:
+            raise ValueError("`heartbeat_s < grace_s` must hold, but got "
+                             f"(heartbeat_s={self.heartbeat_s}, grace_s={self.grace_s})")
+        return self
 
 
 class RPCConfig(_Section):

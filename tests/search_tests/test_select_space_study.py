@@ -8,10 +8,11 @@ import optuna
 import pytest
 
 from pipeline.errors import RecipeError
-from pipeline.recipe import LayerPlan, SearchSpaceRule
+from pipeline.recipe import LayerPlan, SearchConfig, SearchSpaceRule
 from search import Point, pareto_front, resolve_space, select, suggest_plans
 from search._space import previous_plan
-from search._study import enqueue_first, finished, make_sampler, open_storage, open_study
+from search._storage import open_storage
+from search._study import enqueue_first, finished, make_sampler, open_study
 
 
 def _pt(number: int, acc: float, ms: float, nbytes: float, feasible: bool = True,
@@ -85,15 +86,15 @@ def test_resumed_study_asks_what_an_uninterrupted_one_would(tmp_path: Path, kind
     def params_of(study: optuna.Study) -> list[dict]:
         return [t.params for t in study.get_trials()]
 
-    straight = open_study("s", open_storage(None, tmp_path / "a.journal"),
+    straight = open_study("s", open_storage(SearchConfig(), tmp_path / "a.journal"),
                           make_sampler(kind, 7), ["accuracy", "latency"])
     straight.optimize(_objective, n_trials=12)
-    first = open_study("s", open_storage(None, tmp_path / "b.journal"),
+    first = open_study("s", open_storage(SearchConfig(), tmp_path / "b.journal"),
                        make_sampler(kind, 7), ["accuracy", "latency"])
     first.optimize(_objective, n_trials=5)
     dangling = first.ask()  # a trial left RUNNING, as after a SIGKILL
     del dangling
-    resumed = open_study("s", open_storage(None, tmp_path / "b.journal"),
+    resumed = open_study("s", open_storage(SearchConfig(), tmp_path / "b.journal"),
                          make_sampler(kind, 7), ["accuracy", "latency"])
     states = [t.state for t in resumed.get_trials()]
     assert states[5] == optuna.trial.TrialState.FAIL  # the interrupted trial: not repeated
@@ -108,8 +109,8 @@ def test_warm_start_is_the_first_trial_and_survives_an_interruption(tmp_path: Pa
     warm = {"x": 0.3, "c": "c"}
 
     def study(name: str) -> optuna.Study:
-        return open_study("s", open_storage(None, tmp_path / name), make_sampler("nsga2", 7),
-                          ["accuracy", "latency"])
+        return open_study("s", open_storage(SearchConfig(), tmp_path / name),
+                          make_sampler("nsga2", 7), ["accuracy", "latency"])
 
     straight = study("a.journal")
     assert enqueue_first(straight, warm)
