@@ -35,7 +35,14 @@ from search._objective import TaskProblem, failure_reason
 from search._pareto import write_front
 from search._select import DENSE, Point, pareto_front, select
 from search._space import LayerSpace, suggest_plans
-from search._storage import StaleCallback, close_storage, fail_stale, heartbeat, open_storage
+from search._storage import (
+    StaleCallback,
+    ask,
+    close_storage,
+    fail_stale,
+    heartbeat,
+    open_storage,
+)
 from search._study import (
     claimed,
     enqueue_first,
@@ -123,7 +130,7 @@ def _step(study, storage, problem: TaskProblem, cfg: SearchConfig,
     was left for this process (the other processes run the remaining trials)."""
     if claimed(study) >= cfg.trials:
         return None
-    trial = study.ask()
+    trial = ask(study)
     with heartbeat(storage, trial):
         trial.set_user_attr("pid", os.getpid())  # which worker runs it (and whether it lives)
         if place(study, trial.number) >= cfg.trials:  # another process took the last place

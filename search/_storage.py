@@ -29,8 +29,8 @@ import optuna
 from pipeline.errors import InputError
 from pipeline.recipe import SearchConfig
 
-__all__ = ["check_storage", "close_storage", "delete_studies", "fail_stale", "has_heartbeat",
-           "heartbeat", "open_storage", "rdb_url"]
+__all__ = ["ask", "check_storage", "close_storage", "delete_studies", "fail_stale",
+           "has_heartbeat", "heartbeat", "open_storage", "rdb_url"]
 
 StaleCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -104,6 +104,15 @@ def close_storage(storage: Any) -> None:
 def has_heartbeat(storage: Any) -> bool:
     return (isinstance(storage, optuna.storages.RDBStorage)
             and storage.heartbeat_interval is not None)
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``. Optuna warns that heartbeats are meant for ``Study.optimize``; the
+    ask-and-tell loop records them itself (``heartbeat``), so that warning says nothing here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used",
+                                UserWarning)
+        return study.ask()
 
 
 @contextlib.contextmanager
