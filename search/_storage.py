@@ -19,6 +19,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from pipeline.recipe import SearchConfig
 __all__ = ["ask", "check_storage", "close_storage", "delete_studies", "fail_stale",
            "has_heartbeat", "heartbeat", "open_storage", "rdb_url"]
 
+_CREATE_ATTEMPTS = 5
 StaleCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
@@ -59,11 +61,20 @@ def _rdb(url: str, cfg: SearchConfig,
     kwargs: dict[str, Any] = ({"connect_args": {"connect_timeout": 10}}
                               if full.startswith("postgresql+psycopg") else {})
     try:
-        with warnings.catch_warnings():  # heartbeat_interval is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                full, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat_s,
-                grace_period=cfg.grace_s, heartbeat_stale_trial_callback=on_stale)
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():  # heartbeat_interval is marked experimental
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        full, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat_s,
+                        grace_period=cfg.grace_s, heartbeat_stale_trial_callback=on_stale)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # PostgreSQL: processes creating Optuna's tables at the same moment collide
+                # ("duplicate key ... pg_type_typname_nsp_index"); the tables exist after it
+                if attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ImportError as e:
         cause = e.__cause__ or e
         raise InputError(
