@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,19 +36,17 @@ from search._select import DENSE, Point, pareto_front, select
 from search._space import LayerSpace, suggest_plans
 from search._storage import (
     StaleCallback,
-    ask,
     close_storage,
     fail_stale,
     heartbeat,
     open_storage,
 )
 from search._study import (
-    claimed,
+    claim,
     enqueue_first,
     finished,
     make_sampler,
     open_study,
-    place,
     retry_stale,
 )
 from search.objectives import ScoreContext, registered, resolve, trial_metrics
@@ -128,14 +125,10 @@ def _step(study, storage, problem: TaskProblem, cfg: SearchConfig,
           space: dict[str, LayerSpace], run: Run, tally: _Tally) -> bool | None:
     """Claim and run one trial: True/False as ``_run_trial``; None when no place in the budget
     was left for this process (the other processes run the remaining trials)."""
-    if claimed(study) >= cfg.trials:
+    trial = claim(study, storage, cfg.trials)
+    if trial is None:
         return None
-    trial = ask(study)
     with heartbeat(storage, trial):
-        trial.set_user_attr("pid", os.getpid())  # which worker runs it (and whether it lives)
-        if place(study, trial.number) >= cfg.trials:  # another process took the last place
-            study.tell(trial, state=TrialState.PRUNED)
-            return None
         try:
             return _run_trial(study, trial, problem, cfg, space, run, tally)
         except UpdateFinishedTrialError:

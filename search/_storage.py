@@ -16,6 +16,7 @@ have no heartbeats; their workers share this machine, so a trial whose process i
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
@@ -30,9 +31,10 @@ import optuna
 from pipeline.errors import InputError
 from pipeline.recipe import SearchConfig
 
-__all__ = ["ask", "check_storage", "close_storage", "delete_studies", "fail_stale",
+__all__ = ["ask", "beat_once", "check_storage", "close_storage", "delete_studies", "fail_stale",
            "has_heartbeat", "heartbeat", "open_storage", "rdb_url"]
 
+log = logging.getLogger(__name__)
 _CREATE_ATTEMPTS = 5
 StaleCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -126,6 +128,13 @@ def ask(study: optuna.Study) -> optuna.Trial:
         return study.ask()
 
 
+def beat_once(storage: Any, trial: optuna.Trial) -> None:
+    """Record one heartbeat of ``trial`` (RDB only)."""
+    if has_heartbeat(storage):
+        # Trial exposes no public id; the storage's heartbeat API takes this one
+        storage.record_heartbeat(trial._trial_id)
+
+
 @contextlib.contextmanager
 def heartbeat(storage: Any, trial: optuna.Trial) -> Iterator[None]:
     """Record ``trial``'s heartbeat now and every ``heartbeat_interval`` s until the block ends.
@@ -136,13 +145,17 @@ def heartbeat(storage: Any, trial: optuna.Trial) -> Iterator[None]:
     if not has_heartbeat(storage):
         yield
         return
-    trial_id = trial._trial_id  # Trial exposes no public id; the storage API takes this one
-    storage.record_heartbeat(trial_id)
+    trial_id = trial._trial_id
+    beat_once(storage, trial)
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(storage.heartbeat_interval):
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as e:  # the next beat may get through; past the grace period
+                # the trial is failed and retried, and this process drops its result
+                log.warning("trial %d: heartbeat not recorded (%s)", trial.number, e)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
     thread.start()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.recipe import Recipe
 from pipeline.tracking import Run
-from search._storage import StaleCallback, has_heartbeat
+from search._storage import StaleCallback, ask, beat_once, has_heartbeat
 from search.objectives import directions
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,23 @@ def place(study, number: int) -> int:
     skipped = interrupted_numbers(study)
     return sum(_counted(t, skipped, TrialState.RUNNING, TrialState.WAITING)
                for t in study.get_trials(deepcopy=False) if t.number < number)
+
+
+def claim(study, storage, budget: int) -> optuna.Trial | None:
+    """A new (or waiting) trial with a place in the budget, or None when every place is taken
+    (finished or running in some process). Exact across processes: a trial asked at the same
+    moment as another's, whose place turns out past the budget, is told PRUNED unrun."""
+    if claimed(study) >= budget:
+        return None
+    trial = ask(study)
+    # first, so that a process killed from here on is found dead: its heartbeat (RDB), its
+    # process id (a journal, whose processes share this machine)
+    beat_once(storage, trial)
+    trial.set_user_attr("pid", os.getpid())
+    if place(study, trial.number) >= budget:
+        study.tell(trial, state=TrialState.PRUNED)
+        return None
+    return trial
 
 
 def retry_stale(run: Run) -> StaleCallback:

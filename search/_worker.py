@@ -39,6 +39,9 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
                          f"{s.store.num_tasks} committed task(s)")
     state, meta = published_paths(s.run_dir, task)
     deadline = time.monotonic() + wait_s
+    if not (state.exists() and meta.exists()):
+        log.info("waiting up to %.0f s for `taskpack run` to reach task %d's search", wait_s,
+                 task)
     while not (state.exists() and meta.exists()):
         if time.monotonic() > deadline:
             raise InputError(f"{state} did not appear within {wait_s:.0f} s: start "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pipeline.recipe import SearchConfig, load_recipe
 from pipeline.tracking import NoopRun
 from search import SearchCompressor, rdb_url, study_name
 from search._storage import ask, check_storage, close_storage, fail_stale, open_storage
-from search._study import RETRY_OF, claimed, finished, place, retry_stale
+from search._study import RETRY_OF, claim, claimed, finished, place, retry_stale
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,3 +128,39 @@ def test_fresh_deletes_the_recipes_studies(postgres_url: str, tmp_path: Path) ->
             optuna.delete_study(study_name=name, storage=storage)
     finally:
         close_storage(storage)
+
+
+def test_the_budget_is_exact_when_processes_claim_at_once(postgres_url: str,
+                                                          tmp_path: Path) -> None:
+    """Eight claimers (each with its own connection, as processes have), released together,
+    over and over, for a budget of 5: exactly 5 trials run, the rest are told PRUNED unrun."""
+    cfg = _cfg(postgres_url, heartbeat_s=1, grace_s=2)
+    budget, claimers = 5, 8
+    storages = [open_storage(cfg, tmp_path / "unused.journal") for _ in range(claimers)]
+    optuna.create_study(study_name="race", storage=storages[0])
+    studies = [optuna.load_study(study_name="race", storage=s) for s in storages]
+    barrier = threading.Barrier(claimers)
+    ran: list[int] = []
+
+    def claimer(i: int) -> None:
+        for _ in range(budget):
+            barrier.wait()
+            trial = claim(studies[i], storages[i], budget)
+            if trial is not None:
+                ran.append(trial.number)
+                studies[i].tell(trial, 1.0)
+
+    try:
+        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(claimers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        trials = studies[0].get_trials()
+        done = finished(studies[0])
+    finally:
+        for s in storages:
+            close_storage(s)
+    states = [t.state for t in trials]
+    assert len(ran) == states.count(TrialState.COMPLETE) == budget == done
+    assert states.count(TrialState.PRUNED) == len(trials) - budget
