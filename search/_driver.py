@@ -270,12 +270,15 @@ def _wait_for_running(study, storage, on_stale: StaleCallback) -> None:
     """Let trials other processes still run finish before selecting (after a timeout; a budget
     reached leaves none running). Bounded by the trials' liveness, not by a fixed time: a trial
     whose process died is failed by ``fail_stale`` (heartbeats, or a gone pid on this machine)."""
+    said = 0
     while True:
         fail_stale(study, storage, on_stale)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if not running:
             return
-        log.info("waiting for %d trial(s) other workers are running", len(running))
+        if running != said:
+            log.info("waiting for %d trial(s) other workers are running", running)
+            said = running
         time.sleep(_POLL_S)
 
 

@@ -185,12 +185,12 @@ def claim(study, storage, budget: int) -> optuna.Trial | None:
 
 
 def retry_stale(run: Run) -> StaleCallback:
-    """The storage's stale-trial callback: a trial whose process died (no heartbeat for the
-    grace period) is asked again with the same parameters, up to ``MAX_RETRIES`` times; its
-    MLflow run (under ``run``) ends FAILED with the reason."""
+    """The stale-trial callback: a trial whose process died (no heartbeat for the grace period,
+    or, with a journal, its process gone) is asked again with the same parameters, up to
+    ``MAX_RETRIES`` times; its MLflow run (under ``run``) ends FAILED with the reason."""
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        reason = "worker lost: no heartbeat within the grace period"
+        reason = "worker lost: its process died while the trial ran"
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             child = run.reopen(run_id)
