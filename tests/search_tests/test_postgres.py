@@ -43,14 +43,16 @@ def test_a_server_that_does_not_answer_is_one_line_before_any_training(tmp_path:
         check_storage(_cfg(url))
     assert "\n" not in str(e.value) and "secret" not in str(e.value)
     assert time.monotonic() - start < 20
-    # through the CLI: exit 2, one line, and nothing trained (no run folder was made)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(REPO / "recipes/quickstart.yaml"),
-         "--no-track", "--set", f"output_dir={tmp_path / 'runs'}", "--set",
-         f"search.storage={url}"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: search.storage ") and proc.stderr.count("\n") == 1
-    assert not (tmp_path / "runs").exists()
+    # through the CLI, the run and a worker: exit 2, one line, nothing trained or waited for
+    # (no run folder was made)
+    for verb in (["run"], ["search", "--task", "0", "--worker"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", verb[0], str(REPO / "recipes/quickstart.yaml"),
+             *verb[1:], "--no-track", "--set", f"output_dir={tmp_path / 'runs'}", "--set",
+             f"search.storage={url}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: search.storage ") and proc.stderr.count("\n") == 1
+        assert not (tmp_path / "runs").exists()
 
 
 def test_a_missing_driver_names_the_package(monkeypatch: pytest.MonkeyPatch,
