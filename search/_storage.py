@@ -63,7 +63,8 @@ def _rdb(url: str, cfg: SearchConfig,
     kwargs: dict[str, Any] = ({"connect_args": {"connect_timeout": 10}}
                               if full.startswith("postgresql+psycopg") else {})
     try:
-        for attempt in range(_CREATE_ATTEMPTS):
+        attempt = 1
+        while True:
             try:
                 with warnings.catch_warnings():  # heartbeat_interval is marked experimental
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -73,10 +74,10 @@ def _rdb(url: str, cfg: SearchConfig,
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
                 # PostgreSQL: processes creating Optuna's tables at the same moment collide
                 # ("duplicate key ... pg_type_typname_nsp_index"); the tables exist after it
-                if attempt == _CREATE_ATTEMPTS - 1:
+                if attempt == _CREATE_ATTEMPTS:
                     raise
-                time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+                time.sleep(0.2 * attempt)
+                attempt += 1
     except ImportError as e:
         cause = e.__cause__ or e
         raise InputError(
