@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup toolchain data lint typecheck clean
+.PHONY: demo test setup toolchain postgres data lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -qq -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) toolchain
+setup: $(STAMP) toolchain postgres
 
 # Debian's aarch64 cross gcc links cross-compiled TVM libraries (aarch64 export bundles).
 # Best effort: without it (no root, no apt) the aarch64 test skips and says why.
@@ -21,6 +21,15 @@ toolchain:
 	     (apt-get update -qq >/dev/null 2>&1 && \
 	      apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null 2>&1)) || \
 	    echo "note: gcc-aarch64-linux-gnu not installed; aarch64 export tests will skip"; }
+
+# Debian's PostgreSQL server: the distributed-search test starts a throwaway cluster with its
+# initdb / pg_ctl. Best effort like the toolchain: without it that test skips and says why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { (apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get install -y -qq postgresql >/dev/null 2>&1)) || \
+	    echo "note: postgresql not installed; the PostgreSQL search test will skip"; }
 
 data: setup
 	$(BIN)/taskpack data fetch mnist

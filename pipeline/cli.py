@@ -108,6 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from search import SearchCompressor
 
         compressor = SearchCompressor(recipe)
+        if args.fresh:  # an RDB outlives the run folder: its studies start over too
+            for name in compressor.forget_studies():
+                log.info("deleted study %s", name)
     with Bars() as bars:
         result = run_recipe(recipe, tracker, bars, fresh=args.fresh, compressor=compressor)
     out = Console()

@@ -11,6 +11,8 @@ from search._compressor import SearchCompressor
 from search._objective import Latency, LatencyFn, TaskProblem, TrialResult
 from search._select import Point, pareto_front, select
 from search._space import LayerSpace, resolve_space, suggest_plans
+from search._storage import rdb_url
+from search._study import study_name
 from search._worker import run_worker
 from search.objectives import Objective, ScoreContext, register_objective
 
@@ -26,8 +28,10 @@ __all__ = [
     "TrialResult",
     "run_worker",
     "pareto_front",
+    "rdb_url",
     "register_objective",
     "resolve_space",
     "select",
+    "study_name",
     "suggest_plans",
 ]

@@ -38,8 +38,10 @@ class SearchCompressor(Compressor):
     def __init__(self, recipe: Recipe, latency_fn: LatencyFn | None = None,
                  worker: bool = False) -> None:
         from search._latency import compiled_latency, realizability_labels
+        from search._storage import check_storage
 
         self.check(recipe)
+        check_storage(recipe.search)  # a missing driver or a dead server: before any training
         self.recipe = recipe
         self.worker = worker
         self.target_cfg = find_target(recipe, recipe.search.target)
@@ -57,8 +59,17 @@ class SearchCompressor(Compressor):
             raise RecipeError(f"search.objectives: {e}") from None
         find_target(recipe, recipe.search.target)
 
+    def forget_studies(self) -> list[str]:
+        """Delete the recipe's studies from ``search.storage`` (``taskpack run --fresh``; a
+        journal lives in the run folder, which ``--fresh`` deletes). Returns their names."""
+        from search._storage import delete_studies
+        from search._study import studies_of
+
+        return delete_studies(self.recipe.search, studies_of(self.recipe))
+
     def compress(self, session: Session, ctx: TaskContext) -> Compressed:
         from search._driver import search_task
+        from search._study import study_name
 
         s, recipe, t = session, session.recipe, ctx.index
         if s.method.compression() is None:
@@ -81,7 +92,7 @@ class SearchCompressor(Compressor):
         folder = s.run_dir / "search"
         # workers (taskpack search --worker) start from the published task
         outcome = search_task(problem, cfg, space, ctx.run, folder / f"task-{t}.journal",
-                              f"{recipe.name}-task-{t}", folder / f"task-{t}", ctx.bars,
+                              study_name(recipe, t), folder / f"task-{t}", ctx.bars,
                               self.worker,
                               warm=previous_plan(folder, t, space) if cfg.warm_start else None,
                               on_ready=None if self.worker

@@ -20,10 +20,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.errors import PipelineError, TaskpackError
 from pipeline.recipe import LayerPlan, SearchConfig
 from pipeline.tracking import Run
-from search._objective import TaskProblem, TrialResult
+from search._objective import TaskProblem, TrialResult, failure_reason
 from search._select import DENSE, Point
 from search.objectives import ScoreContext, constraints, describe, scores, trial_metrics
 
@@ -74,8 +73,8 @@ def measure_dense(problem: TaskProblem, cfg: SearchConfig, run: Run) -> DenseRef
     child.log_params(plan_params(plans))
     try:
         res = problem.run(plans)
-    except (TaskpackError, PipelineError, RuntimeError, ValueError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:500]
+    except Exception as exc:  # any error: the search goes on without it
+        reason = failure_reason(exc)
         log.warning("task %d: the dense reference could not be measured (%s); selecting "
                     "without it", problem.ctx.task, reason)
         child.set_tags({"failure_reason": reason, "pareto": "false"})

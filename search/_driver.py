@@ -1,9 +1,12 @@
 """The per-task search loop: ask -> apply plan -> score -> tell, within the budgets.
 
 Budgets: ``search.trials`` finished trials (failed ones count, so a broken space cannot spin
-forever) and ``search.timeout_s`` of wall time, which includes the compile/tune/measure seconds
-(they are also reported separately). A trial whose compile or measurement fails is told FAIL with
-its reason and the search goes on. Every trial gets a nested MLflow run under the task's run.
+forever), exact across the processes that share the study (``search._study``), and
+``search.timeout_s`` of wall time, which includes the compile/tune/measure seconds (they are also
+reported separately). Any error of a trial (a failed build or measurement, an out-of-memory or
+other error in its fine-tuning) fails that trial with its reason (trial user attr
+``failure_reason``, tag of its MLflow run) and the search goes on; only KeyboardInterrupt stops
+it. Every trial gets a nested MLflow run under the task's run.
 
 Scores, study directions, constraints and trial metrics come from the objective registry
 (``search.objectives``). The owner of the task also measures the dense reference
@@ -14,27 +17,42 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FixedTrial, TrialState
 
-from pipeline.errors import PipelineError, TaskpackError
+from pipeline.errors import PipelineError
 from pipeline.progress import QUIET, Bars
 from pipeline.recipe import LayerPlan, SearchConfig
 from pipeline.tracking import Run
 from search._dense import DenseReference, dense_stats, guard, measure_dense, plan_params, point_of
-from search._objective import TaskProblem
+from search._objective import TaskProblem, failure_reason
 from search._pareto import write_front
 from search._select import DENSE, Point, pareto_front, select
 from search._space import LayerSpace, suggest_plans
-from search._study import enqueue_first, finished, make_sampler, open_storage, open_study
+from search._storage import (
+    StaleCallback,
+    close_storage,
+    fail_stale,
+    heartbeat,
+    open_storage,
+)
+from search._study import (
+    claim,
+    enqueue_first,
+    finished,
+    make_sampler,
+    open_study,
+    retry_stale,
+)
 from search.objectives import ScoreContext, registered, resolve, trial_metrics
 
 log = logging.getLogger(__name__)
+_POLL_S = 1.0  # how often a process waiting for other processes' trials looks again
 
 
 @dataclass
@@ -68,13 +86,13 @@ def _run_trial(study, trial, problem: TaskProblem, cfg: SearchConfig,
     plans = suggest_plans(trial, space)
     child = run.child(f"trial-{trial.number}", tags={"taskpack.trial": str(trial.number)})
     trial.set_user_attr("mlflow_run_id", child.run_id)
-    trial.set_user_attr("pid", os.getpid())  # which worker ran it
     child.log_params(plan_params(plans))
     tally.ran += 1
     try:
         res = problem.run(plans)
-    except (TaskpackError, PipelineError, RuntimeError, ValueError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:500]
+    except Exception as exc:  # any error of this candidate; KeyboardInterrupt still stops
+        reason = failure_reason(exc)
+        log.info("trial %d failed: %s", trial.number, reason)
         trial.set_user_attr("failure_reason", reason)
         study.tell(trial, state=TrialState.FAIL)
         child.set_tags({"failure_reason": reason, "pareto": "false"})
@@ -103,6 +121,24 @@ def _run_trial(study, trial, problem: TaskProblem, cfg: SearchConfig,
     return True
 
 
+def _step(study, storage, problem: TaskProblem, cfg: SearchConfig,
+          space: dict[str, LayerSpace], run: Run, tally: _Tally) -> bool | None:
+    """Claim and run one trial: True/False as ``_run_trial``; None when no place in the budget
+    was left for this process (the other processes run the remaining trials)."""
+    trial = claim(study, storage, cfg.trials)
+    if trial is None:
+        return None
+    with heartbeat(storage, trial):
+        try:
+            return _run_trial(study, trial, problem, cfg, space, run, tally)
+        except UpdateFinishedTrialError:
+            # its heartbeat was late (a process stalled past search.grace_s): another process
+            # failed it as dead and asks its plan again; this result is dropped
+            log.warning("trial %d was failed by another process while it ran (no heartbeat "
+                        "within %d s); its result is dropped", trial.number, cfg.grace_s)
+            return False
+
+
 def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerSpace],
                 run: Run, journal: Path, study_name: str, artifacts: Path,
                 bars: Bars = QUIET, worker: bool = False, warm: dict | None = None,
@@ -111,41 +147,61 @@ def search_task(problem: TaskProblem, cfg: SearchConfig, space: dict[str, LayerS
     task's chosen plan); ``on_ready``: called once the study is open and seeded (the owner
     publishes the task to workers there, so their first trial cannot pre-empt the warm start)."""
     start = time.perf_counter()
+    on_stale = retry_stale(run)
+    storage = open_storage(cfg, journal, on_stale)
+    try:
+        study = open_study(study_name, storage,
+                           # seeded per task: tasks do not all ask the same sequence of plans
+                           make_sampler(cfg.sampler, cfg.seed + problem.ctx.task),
+                           [o.name for o in resolve(cfg.objectives)], worker)
+        if warm and not worker and enqueue_first(study, warm):
+            log.info("task %d: first trial = the previous task's chosen plan", problem.ctx.task)
+        if on_ready is not None:
+            on_ready()
+        tally = _Tally()
+        dense: DenseReference | None = None
+        if not worker:  # measured once per process, outside the trial budget (cached)
+            dense = measure_dense(problem, cfg, run)
+            tally.compile_s += dense.seconds
+            tally.hits += int(dense.cached)
+            if dense.point is not None:
+                study.set_user_attr("dense_reference", {"scores": dict(dense.point.scores),
+                                                        "feasible": dense.point.feasible})
+        _trials(study, storage, on_stale, problem, cfg, space, run, tally, bars, start)
+        if worker:  # workers only add trials; the run that owns the task selects and commits
+            return SearchOutcome({}, -1, "worker", [], [], tally.ran, tally.failures,
+                                 time.perf_counter() - start, tally.compile_s, tally.hits)
+        _wait_for_running(study, storage, on_stale)
+        return _select_and_record(study, problem, cfg, space, run, artifacts, dense, tally,
+                                  start)
+    finally:
+        close_storage(storage)
+
+
+def _trials(study, storage, on_stale: StaleCallback, problem: TaskProblem, cfg: SearchConfig,
+            space: dict[str, LayerSpace], run: Run, tally: _Tally, bars: Bars,
+            start: float) -> None:
+    """Run trials until the study's budget is finished (by any process) or time is up."""
     objectives = [o.name for o in resolve(cfg.objectives)]
-    study = open_study(study_name, open_storage(cfg.storage, journal),
-                       # seeded per task: tasks do not all ask the same sequence of plans
-                       make_sampler(cfg.sampler, cfg.seed + problem.ctx.task),
-                       objectives, worker)
-    if warm and not worker and enqueue_first(study, warm):
-        log.info("task %d: first trial = the previous task's chosen plan", problem.ctx.task)
-    if on_ready is not None:
-        on_ready()
-    tally = _Tally()
-    dense: DenseReference | None = None
-    if not worker:  # measured once per process, outside the trial budget (cached by structure)
-        dense = measure_dense(problem, cfg, run)
-        tally.compile_s += dense.seconds
-        tally.hits += int(dense.cached)
-        if dense.point is not None:
-            study.set_user_attr("dense_reference", {"scores": dict(dense.point.scores),
-                                                    "feasible": dense.point.feasible})
     with bars.bar(f"task {problem.ctx.task} search", cfg.trials) as bar:
         bars.advance(bar, finished(study))
-        while finished(study) < cfg.trials:
+        while True:
+            # a trial whose process died: failed, and its plan asked again
+            fail_stale(study, storage, on_stale)
+            if finished(study) >= cfg.trials:
+                return
             if cfg.timeout_s is not None and time.perf_counter() - start >= cfg.timeout_s:
                 log.info("search budget of %.0f s spent after %d trials", cfg.timeout_s,
                          tally.ran)
-                break
-            if _run_trial(study, study.ask(), problem, cfg, space, run, tally):
+                return
+            ok = _step(study, storage, problem, cfg, space, run, tally)
+            if ok is None:  # the rest of the budget is running elsewhere: wait for it
+                time.sleep(_POLL_S)
+            elif ok:
                 front = pareto_front(_points(study), objectives)
                 bars.advance(bar, info=f"failed {tally.failures}, front {len(front)}")
             else:
                 bars.advance(bar, info=f"failed {tally.failures}")
-    if worker:  # workers only add trials; the run that owns the task selects and commits
-        return SearchOutcome({}, -1, "worker", [], [], tally.ran, tally.failures,
-                             time.perf_counter() - start, tally.compile_s, tally.hits)
-    _wait_for_running(study)
-    return _select_and_record(study, problem, cfg, space, run, artifacts, dense, tally, start)
 
 
 def _select_and_record(study, problem: TaskProblem, cfg: SearchConfig,
@@ -210,14 +266,20 @@ def _select_and_record(study, problem: TaskProblem, cfg: SearchConfig,
                          tally.failures, wall, tally.compile_s, tally.hits, stats)
 
 
-def _wait_for_running(study, timeout_s: float = 900.0) -> None:
-    """Let trials other workers are still running finish before selecting (bounded wait)."""
-    deadline = time.monotonic() + timeout_s
-    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if time.monotonic() > deadline:
-            log.warning("selecting while trials of other workers are still running")
+def _wait_for_running(study, storage, on_stale: StaleCallback) -> None:
+    """Let trials other processes still run finish before selecting (after a timeout; a budget
+    reached leaves none running). Bounded by the trials' liveness, not by a fixed time: a trial
+    whose process died is failed by ``fail_stale`` (heartbeats, or a gone pid on this machine)."""
+    said = 0
+    while True:
+        fail_stale(study, storage, on_stale)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if not running:
             return
-        time.sleep(1.0)
+        if running != said:
+            log.info("waiting for %d trial(s) other workers are running", running)
+            said = running
+        time.sleep(_POLL_S)
 
 
 def _points(study) -> list[Point]:

@@ -8,6 +8,7 @@ would add to the packed store. Constraint values go to Optuna via ``user_attrs``
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from compilers.errors import CompilerError
 from pipeline.compress import (
     CompressContext,
     LayerResult,
@@ -25,9 +27,26 @@ from pipeline.compress import (
     prune,
     quantize,
 )
+from pipeline.errors import TaskpackError
 from pipeline.recipe import LayerPlan
 from pipeline.store import PackedStore, TaskCommit
 from pipeline.subnet import task_module
+
+log = logging.getLogger(__name__)
+
+# errors a candidate can cause: a build or measurement that failed, a plan the passes reject, an
+# out-of-memory (torch.OutOfMemoryError is a RuntimeError) or other failure while it fine-tunes
+EXPECTED_FAILURES = (CompilerError, TaskpackError, RuntimeError, ValueError, MemoryError)
+
+
+def failure_reason(exc: Exception) -> str:
+    """The one-line reason a trial (or the dense reference) failed, for its user attrs and tags.
+    Any exception fails only the candidate; one of a kind no candidate should cause is logged
+    with its traceback too, since it is likely a bug rather than a property of the plan."""
+    if not isinstance(exc, EXPECTED_FAILURES):
+        log.warning("unexpected %s while running a candidate", type(exc).__name__, exc_info=exc)
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0] if first else ''}"[:500]
 
 
 @dataclass(frozen=True)

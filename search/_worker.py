@@ -32,12 +32,16 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
     from pipeline.tracking import NoopTracker
     from search._compressor import SearchCompressor
 
+    compressor = SearchCompressor(recipe, worker=True)  # checks search.storage first
     s = prepare(recipe)
     if s.store.num_tasks != task:
         raise InputError(f"task {task} is not being searched: the store holds "
                          f"{s.store.num_tasks} committed task(s)")
     state, meta = published_paths(s.run_dir, task)
     deadline = time.monotonic() + wait_s
+    if not (state.exists() and meta.exists()):
+        log.info("waiting up to %.0f s for `taskpack run` to reach task %d's search", wait_s,
+                 task)
     while not (state.exists() and meta.exists()):
         if time.monotonic() > deadline:
             raise InputError(f"{state} did not appear within {wait_s:.0f} s: start "
@@ -59,4 +63,4 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
     parent_id = json.loads(meta.read_text()).get("mlflow_run_id")
     run = tracker.open(parent_id) if parent_id else tracker.start(f"task-{task}-worker")
     data = s.load_task(task)
-    SearchCompressor(recipe, worker=True).compress(s, TaskContext(data, masks, bars or QUIET, run))
+    compressor.compress(s, TaskContext(data, masks, bars or QUIET, run))

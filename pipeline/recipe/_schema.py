@@ -232,10 +232,26 @@ class SearchConfig(_Section):
     latency_batch: int = Field(default=1, ge=1, le=MAX_BATCH)
     target: Name | None = Field(default=None, description="target name; None = the first")
 
+    # RDB storages only: a worker records a heartbeat every heartbeat_s while it runs a trial; a
+    # trial silent for grace_s (its worker died) is failed and asked again. Generous by default:
+    # a trial whose process is busy in a long TVM build must not be taken for dead.
+    heartbeat_s: int = Field(default=10, ge=1, le=3600,
+                             description="RDB storage: seconds between a trial's heartbeats")
+    grace_s: int = Field(default=120, ge=2, le=86400,
+                         description="RDB storage: a running trial with no heartbeat for this "
+                                     "long is failed and retried")
+
     @field_validator("storage")
     @classmethod
     def _storage_ok(cls, v: str | None) -> str | None:
         return None if v is None else check_storage_url(v)
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> SearchConfig:
+        if self.grace_s <= self.heartbeat_s:
+            raise ValueError("`heartbeat_s < grace_s` must hold, but got "
+                             f"(heartbeat_s={self.heartbeat_s}, grace_s={self.grace_s})")
+        return self
 
 
 class RPCConfig(_Section):

@@ -19,6 +19,7 @@ from pipeline.recipe import load_recipe
 from pipeline.runner import run_recipe
 from pipeline.store import PackedStore
 from pipeline.tracking import build_tracker
+from search import study_name
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.tvm]
@@ -120,12 +121,15 @@ def _close_pipes(proc: subprocess.Popen) -> None:
             pipe.close()
 
 
-def _complete(journal: Path, name: str) -> list[dict]:
+def _complete(journal: Path) -> list[dict]:
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     if not journal.exists():
         return []
+    # output_dir does not enter the study name
+    name = study_name(load_recipe(REPO / "recipes/quickstart.yaml", [
+        *BASE, "search.objectives=[accuracy, bytes]", "search.selection.policy=knee"]), 0)
     study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
         JournalFileBackend(str(journal))))
     return [t.params for t in study.get_trials(
@@ -137,18 +141,18 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path: Path
     journal = run_dir / "search" / "task-0.journal"
     proc = _cli(tmp_path / "killed")
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(_complete(journal, "quickstart-task-0")) < 2:
+    while time.monotonic() < deadline and len(_complete(journal)) < 2:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     _close_pipes(proc)
-    before = _complete(journal, "quickstart-task-0")
+    before = _complete(journal)
     assert 2 <= len(before) < 4, "kill the search in the middle"
     resumed = _cli(tmp_path / "killed")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    after = _complete(journal, "quickstart-task-0")
+    after = _complete(journal)
     assert after[: len(before)] == before  # nothing lost
     assert len(after) == 4  # finished trials not repeated; an interrupted one is re-asked
 
@@ -158,6 +162,6 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path: Path
     a = PackedStore.open(run_dir / "store.tpk")
     b = PackedStore.open(tmp_path / "straight" / "quickstart" / "store.tpk")
     assert a.num_tasks == b.num_tasks == 2
-    assert after == _complete(tmp_path / "straight" / "quickstart" / "search" / "task-0.journal",
-                              "quickstart-task-0")  # the same trials as without the kill
+    # the same trials as without the kill
+    assert after == _complete(tmp_path / "straight" / "quickstart" / "search" / "task-0.journal")
     assert a.path.read_bytes() == b.path.read_bytes()  # and the same committed store

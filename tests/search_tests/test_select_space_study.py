@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from pipeline.errors import RecipeError
-from pipeline.recipe import LayerPlan, SearchSpaceRule
+from pipeline.recipe import LayerPlan, SearchConfig, SearchSpaceRule
+from pipeline.tracking import NoopRun
 from search import Point, pareto_front, resolve_space, select, suggest_plans
 from search._space import previous_plan
-from search._study import enqueue_first, finished, make_sampler, open_storage, open_study
+from search._storage import fail_stale, open_storage
+from search._study import enqueue_first, finished, make_sampler, open_study, retry_stale
 
 
 def _pt(number: int, acc: float, ms: float, nbytes: float, feasible: bool = True,
@@ -85,15 +91,15 @@ def test_resumed_study_asks_what_an_uninterrupted_one_would(tmp_path: Path, kind
     def params_of(study: optuna.Study) -> list[dict]:
         return [t.params for t in study.get_trials()]
 
-    straight = open_study("s", open_storage(None, tmp_path / "a.journal"),
+    straight = open_study("s", open_storage(SearchConfig(), tmp_path / "a.journal"),
                           make_sampler(kind, 7), ["accuracy", "latency"])
     straight.optimize(_objective, n_trials=12)
-    first = open_study("s", open_storage(None, tmp_path / "b.journal"),
+    first = open_study("s", open_storage(SearchConfig(), tmp_path / "b.journal"),
                        make_sampler(kind, 7), ["accuracy", "latency"])
     first.optimize(_objective, n_trials=5)
     dangling = first.ask()  # a trial left RUNNING, as after a SIGKILL
     del dangling
-    resumed = open_study("s", open_storage(None, tmp_path / "b.journal"),
+    resumed = open_study("s", open_storage(SearchConfig(), tmp_path / "b.journal"),
                          make_sampler(kind, 7), ["accuracy", "latency"])
     states = [t.state for t in resumed.get_trials()]
     assert states[5] == optuna.trial.TrialState.FAIL  # the interrupted trial: not repeated
@@ -108,8 +114,8 @@ def test_warm_start_is_the_first_trial_and_survives_an_interruption(tmp_path: Pa
     warm = {"x": 0.3, "c": "c"}
 
     def study(name: str) -> optuna.Study:
-        return open_study("s", open_storage(None, tmp_path / name), make_sampler("nsga2", 7),
-                          ["accuracy", "latency"])
+        return open_study("s", open_storage(SearchConfig(), tmp_path / name),
+                          make_sampler("nsga2", 7), ["accuracy", "latency"])
 
     straight = study("a.journal")
     assert enqueue_first(straight, warm)
@@ -143,3 +149,21 @@ def test_previous_plan_reads_the_previous_tasks_choice(tmp_path: Path) -> None:
     (tmp_path / "task-0" / "chosen.json").write_text(json.dumps({"trial": 3, "params": params}))
     assert previous_plan(tmp_path, 1, space) == {k: v for k, v in params.items()
                                                  if not k.startswith("gone")}
+
+
+def test_a_journal_trial_whose_process_is_gone_is_failed_and_asked_again(tmp_path: Path) -> None:
+    """Journal studies have no heartbeats; their workers share this machine, so a running trial
+    whose process id names no live process is dead."""
+    storage = open_storage(SearchConfig(), tmp_path / "j.journal")
+    study = open_study("s", storage, make_sampler("random", 7), ["accuracy"], worker=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = study.ask()
+    x = dead.suggest_float("x", 0, 1)
+    dead.set_user_attr("pid", int(gone.stdout))
+    alive = study.ask()
+    alive.set_user_attr("pid", os.getpid())
+    fail_stale(study, storage, retry_stale(NoopRun()))
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert study.get_trials()[2].params == {"x": x} and finished(study) == 0
