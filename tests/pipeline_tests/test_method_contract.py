@@ -106,6 +106,14 @@ class TestTSNReuseOnly(MethodContract):
               "prune": {"steps": 2, "finetune_epochs": 0}, "quantize": {"bits": [8]}}
 
 
+class TestPackNet(MethodContract):
+    method = {"kind": "packnet", "prune_fraction": 0.5, "retrain_epochs": 1}
+
+
+class TestExSSNeT(MethodContract):
+    method = {"kind": "exssnet", "density": 0.3, "kkt": True, "kkt_k": 20}
+
+
 # ---- a method that exists only here, registered like any other --------------------------------
 class FirstTaskConfig(MethodConfig):
     kind: Literal["test-first-task"] = "test-first-task"
