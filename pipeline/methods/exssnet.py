@@ -122,9 +122,12 @@ class ExSSNeT(WSN):
         source = best if accs[best] > chance else None
         self.stats = {"kkt_source": float(-1 if source is None else source),
                       **{f"kkt_acc_task_{i}": a for i, a in enumerate(accs)}}
-        log.info("task %d: KKT %s (k-NN accuracy per earlier task: %s; chance %.1f%%)", task,
-                 "picked no task" if source is None else f"picked task {source}",
-                 ", ".join(f"{i}: {a:.1f}%" for i, a in enumerate(accs)), chance)
+        if source is None:
+            log.info("task %d: KKT found no earlier mask better than chance; fresh scores", task)
+        else:
+            log.info("task %d: KKT starts from task %d's scores (best k-NN accuracy of %d "
+                     "earlier masks)", task, source, task)
+        log.debug("task %d: KKT k-NN accuracy per earlier task: %s", task, accs)
         if source is not None:
             with torch.no_grad():
                 for name, layer in self.model.masked_layers().items():

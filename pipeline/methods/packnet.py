@@ -80,6 +80,8 @@ class PackNet(Method):
         if task != done:
             raise ValueError(f"tasks must come in order: expected {done}, got {task}")
         self.survivors = {}
+        for name, layer in self.model.masked_layers().items():  # the model may have moved
+            self.held[name] = self.held[name].to(layer.weight.device)
 
     def phases(self, task: int) -> Iterator[Phase]:
         layers = self.model.masked_layers()
