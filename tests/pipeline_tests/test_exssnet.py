@@ -14,8 +14,10 @@ from pipeline.data import Split, Task
 from pipeline.evaluation import snapshot_logits
 from pipeline.methods import ExSSNeT, TaskMasks
 from pipeline.methods.exssnet import knn_accuracy
-from pipeline.recipe import ExSSNeTMethod, TrainConfig
+from pipeline.recipe import ExSSNeTMethod, TrainConfig, recipe_from_dict
+from pipeline.runner import run_recipe
 from pipeline.store import LayerCommit, PackedStore, TaskCommit
+from pipeline.tracking import NoopTracker
 from pipeline.train import train_task
 from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
 
@@ -170,3 +172,21 @@ def test_every_task_starts_from_fresh_or_transferred_scores(kkt: bool) -> None:
     method.begin_task(1)  # no store: no KKT, fresh scores
     for n, layer in method.model.masked_layers().items():
         assert not torch.equal(layer.score.detach(), trained[n])
+
+
+@pytest.mark.slow
+def test_the_run_tracks_which_task_kkt_picked(tmp_path: Path) -> None:
+    recipe = recipe_from_dict({
+        "name": "kkt", "output_dir": str(tmp_path),
+        "method": {"kind": "exssnet", "density": 0.3, "kkt": True, "kkt_k": 20},
+        "benchmark": {"stream": "permuted_mnist", "tasks": 2, "train_limit": 200,
+                      "test_limit": 50, "val_fraction": 0.2},
+        "model": {"arch": "mlp", "hidden": [32, 32]},
+        "train": {"epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 50}})
+    tracker = NoopTracker()
+    run_recipe(recipe, tracker=tracker)
+    task0, task1 = tracker.runs[0].children
+    assert "method/kkt_source" not in task0.metrics
+    assert task1.metrics["method/kkt_source"] == 0.0  # the only earlier task, far above chance
+    assert task1.metrics["method/kkt_acc_task_0"] > 10.0
+    assert 0 < task1.metrics["method/union_density"] <= 1
