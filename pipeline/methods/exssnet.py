@@ -131,7 +131,7 @@ class ExSSNeT(WSN):
         if source is not None:
             with torch.no_grad():
                 for name, layer in self.model.masked_layers().items():
-                    layer.score.copy_(self.task_scores[source][name].to(layer.score.device))
+                    layer.score.copy_(self.task_scores[source][name])
         return source
 
     def phases(self, task: int) -> Iterator[Phase]:
@@ -172,7 +172,7 @@ class ExSSNeT(WSN):
             if key.startswith(_SCORES):
                 t, name = key.removeprefix(_SCORES).split("/", 1)
                 by_task.setdefault(int(t), {})[name] = value
-        self.task_scores = [by_task[t] for t in sorted(by_task)]
+        self.task_scores = [self.from_store(by_task[t]) for t in sorted(by_task)]
 
 
 register_method("exssnet", ExSSNeTMethod, ExSSNeT)

@@ -80,8 +80,6 @@ class PackNet(Method):
         if task != done:
             raise ValueError(f"tasks must come in order: expected {done}, got {task}")
         self.survivors = {}
-        for name, layer in self.model.masked_layers().items():  # the model may have moved
-            self.held[name] = self.held[name].to(layer.weight.device)
 
     def phases(self, task: int) -> Iterator[Phase]:
         layers = self.model.masked_layers()
@@ -126,13 +124,12 @@ class PackNet(Method):
 
     def after_commit(self, task: int, store: PackedStore) -> None:
         self.done = task + 1
-        held, values = store.union_mask(), store.current_values()
+        held = self.from_store(store.union_mask())
+        values = self.from_store(store.current_values())
         with torch.no_grad():
             for name, layer in self.model.masked_layers().items():
-                h = held[name].to(layer.weight.device)
-                layer.weight.copy_(torch.where(h, values[name].to(layer.weight.device),
-                                               layer.weight))
-                self.held[name] = h
+                layer.weight.copy_(torch.where(held[name], values[name], layer.weight))
+                self.held[name] = held[name]
 
     def capacity_stats(self) -> dict[str, float]:
         total = sum(m.numel() for m in self.held.values())
