@@ -85,16 +85,19 @@ class PackNet(Method):
         layers = self.model.masked_layers()
         state = dict(self.model.named_parameters())
         own_tensors = [state[n] for n in self.model.task_param_names(task) if n in state]
-        groups: list[dict] = [{"params": [m.weight for m in layers.values()], "weight_decay": 0.0},
-                              {"params": own_tensors}]
-        yield Phase("train", groups, MaskMode("dense"))
+
+        def groups() -> list[dict]:  # fresh dicts per phase: an optimizer writes its lr in them
+            return [{"params": [m.weight for m in layers.values()], "weight_decay": 0.0},
+                    {"params": own_tensors}]
+
+        yield Phase("train", groups(), MaskMode("dense"))
         self.prune(task)
         pruned = any(self.fractions[n] > 0 for n in layers)
         epochs = self.cfg.retrain_epochs
         if pruned and epochs != 0:
             lr = None if self.recipe is None else self.recipe.train.lr * self.cfg.retrain_lr_scale
             keep = {n: self.held[n] | self.survivors[n] for n in layers}
-            yield Phase("retrain", groups, MaskMode("mask", masks=keep), epochs=epochs, lr=lr)
+            yield Phase("retrain", groups(), MaskMode("mask", masks=keep), epochs=epochs, lr=lr)
 
     def prune(self, task: int) -> None:
         """Prune the task's own weights per layer by magnitude; pruned weights become 0."""

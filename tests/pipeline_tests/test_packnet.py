@@ -134,7 +134,9 @@ def test_retrain_phase_runs_on_survivors_at_the_scaled_lr() -> None:
     gen = iter(method.phases(0))
     train = next(gen)
     assert (train.name, train.mode.mode) == ("train", "dense")
+    torch.optim.Adam(train.param_groups, lr=0.5)  # as the trainer does: it writes lr into them
     retrain = next(gen)  # prunes now
+    assert all("lr" not in g for g in retrain.param_groups)  # so the phase's own lr applies
     assert (retrain.name, retrain.epochs, retrain.lr) == ("retrain", 3, pytest.approx(0.002))
     assert retrain.mode.masks is not None
     assert all(torch.equal(retrain.mode.masks[n], method.survivors[n]) for n in LAYERS)
