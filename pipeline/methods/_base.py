@@ -66,7 +66,9 @@ class Phase:
     """One stretch of training with its own optimizer.
 
     ``epochs`` None means ``train.epochs``; ``lr`` None means ``train.lr``. Tensors a phase must
-    not change belong in no group (or get their gradient zeroed in ``after_backward``).
+    not change belong in no group (or get their gradient zeroed in ``after_backward``). Give each
+    phase new group dicts: an optimizer writes its lr into the dicts it is given, so a dict
+    reused by a later phase would carry the earlier phase's (decayed) lr.
     """
 
     name: str
