@@ -132,12 +132,12 @@ class PackNetMethod(MethodConfig):
     magnitude, retrain the survivors, freeze them; later tasks reuse every earlier weight."""
 
     kind: Literal["packnet"] = "packnet"
-    prune_fraction: Fraction | dict[str, Fraction] = Field(
+    prune_fraction: Fraction | dict[Annotated[str, Field(max_length=1024)], Fraction] = Field(
         default=0.5,
         description="fraction of the task's own weights pruned per layer: one value for every "
         "layer, or a mapping from layer name or regex (exact name first, then the first regex "
         "that matches) to a fraction; with a mapping every layer must be matched")
-    retrain_epochs: Annotated[int, Field(ge=0)] | None = Field(
+    retrain_epochs: Annotated[int, Field(ge=0, le=10_000)] | None = Field(
         default=None, description="epochs of retraining the survivors; None = train.epochs")
     retrain_lr_scale: float = Field(default=0.1, gt=0, le=1,
                                     description="the retraining lr is train.lr times this")
@@ -146,8 +146,9 @@ class PackNetMethod(MethodConfig):
     @classmethod
     def _regex_ok(cls, v: float | dict[str, float]) -> float | dict[str, float]:
         if isinstance(v, dict):
-            if not v:
-                raise ValueError("a mapping of layer fractions must not be empty")
+            if not 1 <= len(v) <= 1024:
+                raise ValueError(f"a mapping of layer fractions needs 1 to 1024 entries, "
+                                 f"got {len(v)}")
             for key in v:
                 try:
                     re.compile(key)
@@ -163,9 +164,9 @@ class ExSSNeTMethod(MethodConfig):
 
     kind: Literal["exssnet"] = "exssnet"
     density: float = Field(default=0.1, gt=0, le=1, description="fraction of weights per mask")
-    mask_epochs: Annotated[int, Field(ge=1)] | None = Field(
+    mask_epochs: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
         default=None, description="epochs of the mask phase; None = train.epochs")
-    weight_epochs: Annotated[int, Field(ge=0)] | None = Field(
+    weight_epochs: Annotated[int, Field(ge=0, le=10_000)] | None = Field(
         default=None, description="epochs of the weight phase; None = train.epochs")
     signed_constant: bool = Field(
         default=True, description="start the backbone as SupSup's signed constants "
@@ -174,7 +175,8 @@ class ExSSNeTMethod(MethodConfig):
     kkt_fraction: float = Field(
         default=0.2, gt=0, le=1,
         description="KKT's sample: ceil(fraction x training batches) + 1 batches")
-    kkt_k: int = Field(default=200, ge=1, description="neighbours of KKT's k-NN classifier")
+    kkt_k: int = Field(default=200, ge=1, le=100_000,
+                       description="neighbours of KKT's k-NN classifier")
 
 
 register_method_config("wsn", WSNMethod)

@@ -67,7 +67,7 @@ def test_layer_fractions_errors_name_the_recipe_path(fractions: dict, message: s
 
 @pytest.mark.parametrize(("fraction", "message"), [
     (1.0, "method.prune_fraction"), ({"(": 0.5}, "not a valid regular expression"),
-    ({}, "must not be empty"), ({".*": -0.1}, "method.prune_fraction"),
+    ({}, "needs 1 to 1024 entries, got 0"), ({".*": -0.1}, "method.prune_fraction"),
 ])
 def test_bad_prune_fraction_is_rejected(fraction: object, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
