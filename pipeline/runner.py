@@ -90,7 +90,8 @@ def prepare(recipe: Recipe, fresh: bool = False) -> Session:
 def task_metrics(rec: TaskRecord, row: list[float], before: float, baseline: float) -> dict:
     out = {"acc_at_commit": rec.acc_at_commit, "val_acc": rec.val_acc,
            "acc_before_training": before, "acc_random_init": baseline,
-           "mean_acc_so_far": sum(row) / len(row), **rec.compression}
+           "mean_acc_so_far": sum(row) / len(row), **rec.compression,
+           **{f"method/{k}": v for k, v in (rec.masks.stats if rec.masks else {}).items()}}
     if rec.train is not None:
         out |= {"epochs": rec.train.epochs, "best_epoch": rec.train.best_epoch,
                 "train_seconds": rec.train.seconds, "final_lr": rec.train.final_lr}

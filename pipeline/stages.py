@@ -32,7 +32,7 @@ def stage_train(s: Session, task: Task, bars: Bars) -> tuple[TrainReport, float]
     """Add the task's head, measure accuracy before training (FWT), train."""
     _seed_task(s, task.index)
     s.model.add_task(task.num_classes)
-    s.method.begin_task(task.index, s.store)
+    s.method.begin_task(task.index, s.store, task)
     s.method.eval_mode(task.index).apply(s.model)
     before = evaluate_live(s.model, task.index, task.test, s.recipe.train.eval_batch_size)[0]
     return train_task(s.method, task.index, task, s.recipe.train, bars, s.device), before

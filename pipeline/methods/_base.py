@@ -2,8 +2,9 @@
 
 Per task the runner calls, in this order::
 
-    begin_task(task, store)                       # may read what earlier tasks committed
-    for phase in phases(task):                    # fresh optimizer per phase
+    begin_task(task, store, data)                 # may read what earlier tasks committed
+    for phase in phases(task):                    # fresh optimizer per phase; a generator may
+                                                  # build a phase from the one before it
         every step:  loss -> backward -> after_backward -> optimizer step -> after_step
         every epoch: select_examples (which training examples), after_epoch (may stop)
     end_task(task) -> TaskMasks                   # the task's subnetwork, best state restored
@@ -19,6 +20,7 @@ what differs. The runner never asks which method it runs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,7 @@ from pipeline.models import ContinualNet, Mode
 from pipeline.recipe import MethodConfig, Recipe
 
 if TYPE_CHECKING:
+    from pipeline.data import Task
     from pipeline.recipe import PruneConfig, QuantizeConfig
     from pipeline.store import PackedStore
 
@@ -63,7 +66,9 @@ class Phase:
     """One stretch of training with its own optimizer.
 
     ``epochs`` None means ``train.epochs``; ``lr`` None means ``train.lr``. Tensors a phase must
-    not change belong in no group (or get their gradient zeroed in ``after_backward``).
+    not change belong in no group (or get their gradient zeroed in ``after_backward``). Give each
+    phase new group dicts: an optimizer writes its lr into the dicts it is given, so a dict
+    reused by a later phase would carry the earlier phase's (decayed) lr.
     """
 
     name: str
@@ -105,12 +110,15 @@ class Method(ABC):
         """Prepare the backbone once, before the first task (e.g. a fixed random backbone)."""
 
     # ---- per task -----------------------------------------------------------------------
-    def begin_task(self, task: int, store: PackedStore | None = None) -> None:  # noqa: B027
-        """Get ready to train ``task`` (its head exists); ``store`` holds the earlier tasks."""
+    def begin_task(self, task: int, store: PackedStore | None = None,  # noqa: B027
+                   data: Task | None = None) -> None:
+        """Get ready to train ``task`` (its head exists); ``store`` holds the earlier tasks,
+        ``data`` is the task's data (both None in unit tests that drive a method by hand)."""
 
     @abstractmethod
-    def phases(self, task: int) -> list[Phase]:
-        """The training phases of ``task``, in order."""
+    def phases(self, task: int) -> Iterable[Phase]:
+        """The training phases of ``task``, in order. A generator runs on after each phase has
+        trained (its best state restored), so a phase can depend on the one before it."""
 
     def eval_mode(self, task: int) -> MaskMode:
         """How masked layers run when the live model is evaluated during ``task``."""

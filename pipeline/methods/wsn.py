@@ -9,6 +9,7 @@ code keeps the last step's mask instead).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +20,7 @@ from pipeline.models import ContinualNet, topc_mask
 from pipeline.recipe import Recipe, TSNMethod, WSNMethod
 
 if TYPE_CHECKING:
+    from pipeline.data import Task
     from pipeline.store import PackedStore
 
 
@@ -34,7 +36,8 @@ class WSN(Method):
         # positions whose weight the current task must not change (M_{t-1} for WSN)
         self.frozen = self.consolidated
 
-    def begin_task(self, task: int, store: PackedStore | None = None) -> None:
+    def begin_task(self, task: int, store: PackedStore | None = None,
+                   data: Task | None = None) -> None:
         done = len(self.masks) if store is None else store.num_tasks
         if task != done:
             raise ValueError(f"tasks must come in order: expected {done}, got {task}")
@@ -42,7 +45,7 @@ class WSN(Method):
     def eval_mode(self, task: int) -> MaskMode:
         return MaskMode("scores", self.density)
 
-    def phases(self, task: int) -> list[Phase]:
+    def phases(self, task: int) -> Iterable[Phase]:
         layers = self.model.masked_layers().values()
         state = dict(self.model.named_parameters())
         own = [state[n] for n in self.model.task_param_names(task) if n in state]

@@ -11,7 +11,9 @@ from pipeline.recipe._load import (
     recipe_to_yaml,
 )
 from pipeline.recipe._methods import (
+    ExSSNeTMethod,
     MethodConfig,
+    PackNetMethod,
     PruneConfig,
     QuantizeConfig,
     TSNMethod,
@@ -19,7 +21,7 @@ from pipeline.recipe._methods import (
     register_method_config,
 )
 from pipeline.recipe._pattern import Pattern
-from pipeline.recipe._plan import plan_for_layers
+from pipeline.recipe._plan import match_layers, plan_for_layers
 from pipeline.recipe._schema import (
     BenchmarkConfig,
     CompressionConfig,
@@ -40,11 +42,13 @@ from pipeline.recipe._schema import (
 __all__ = [
     "BenchmarkConfig",
     "CompressionConfig",
+    "ExSSNeTMethod",
     "LayerPlan",
     "LayerRule",
     "MethodConfig",
     "Pattern",
     "ModelConfig",
+    "PackNetMethod",
     "PruneConfig",
     "QuantizeConfig",
     "Recipe",
@@ -62,6 +66,7 @@ __all__ = [
     "flatten",
     "format_validation_error",
     "load_recipe",
+    "match_layers",
     "plan_for_layers",
     "recipe_from_dict",
     "recipe_json_schema",

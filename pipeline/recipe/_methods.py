@@ -6,6 +6,7 @@ validates into the config of its ``kind`` and ``taskpack schema`` lists every re
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -21,8 +22,8 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from pipeline.recipe._section import BITS, _Section
 
-__all__ = ["MethodConfig", "MethodField", "PruneConfig", "QuantizeConfig", "TSNMethod",
-           "WSNMethod", "register_method_config"]
+__all__ = ["ExSSNeTMethod", "MethodConfig", "MethodField", "PackNetMethod", "PruneConfig",
+           "QuantizeConfig", "TSNMethod", "WSNMethod", "register_method_config"]
 
 
 class MethodConfig(_Section):
@@ -126,5 +127,62 @@ class TSNMethod(MethodConfig):
     quantize: QuantizeConfig = QuantizeConfig()
 
 
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class PackNetMethod(MethodConfig):
+    """PackNet: train the free weights, prune a fraction of the task's own weights per layer by
+    magnitude, retrain the survivors, freeze them; later tasks reuse every earlier weight."""
+
+    kind: Literal["packnet"] = "packnet"
+    prune_fraction: Fraction | dict[Annotated[str, Field(max_length=1024)], Fraction] = Field(
+        default=0.5,
+        description="fraction of the task's own weights pruned per layer: one value for every "
+        "layer, or a mapping from layer name or regex (exact name first, then the first regex "
+        "that matches) to a fraction; with a mapping every layer must be matched")
+    retrain_epochs: Annotated[int, Field(ge=0, le=10_000)] | None = Field(
+        default=None, description="epochs of retraining the survivors; None = train.epochs")
+    retrain_lr_scale: float = Field(default=0.1, gt=0, le=1,
+                                    description="the retraining lr is train.lr times this")
+
+    @field_validator("prune_fraction")
+    @classmethod
+    def _regex_ok(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        if isinstance(v, dict):
+            if not 1 <= len(v) <= 1024:
+                raise ValueError(f"a mapping of layer fractions needs 1 to 1024 entries, "
+                                 f"got {len(v)}")
+            for key in v:
+                try:
+                    re.compile(key)
+                except re.error as e:
+                    raise ValueError(f"{key!r} is not a valid regular expression: {e}") from None
+        return v
+
+
+class ExSSNeTMethod(MethodConfig):
+    """ExSSNeT: per task a supermask (scores, top-c) over frozen weights, then training of the
+    weights in the mask that no earlier task uses; KKT optionally starts the scores from the
+    earlier task whose mask classifies the new task's data best (k-nearest neighbours)."""
+
+    kind: Literal["exssnet"] = "exssnet"
+    density: float = Field(default=0.1, gt=0, le=1, description="fraction of weights per mask")
+    mask_epochs: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None, description="epochs of the mask phase; None = train.epochs")
+    weight_epochs: Annotated[int, Field(ge=0, le=10_000)] | None = Field(
+        default=None, description="epochs of the weight phase; None = train.epochs")
+    signed_constant: bool = Field(
+        default=True, description="start the backbone as SupSup's signed constants "
+        "(+-sqrt(2/fan_in)); False keeps the model's default initialisation")
+    kkt: bool = Field(default=False, description="k-NN knowledge transfer of earlier scores")
+    kkt_fraction: float = Field(
+        default=0.2, gt=0, le=1,
+        description="KKT's sample: ceil(fraction x training batches) + 1 batches")
+    kkt_k: int = Field(default=200, ge=1, le=100_000,
+                       description="neighbours of KKT's k-NN classifier")
+
+
 register_method_config("wsn", WSNMethod)
 register_method_config("tsn", TSNMethod)
+register_method_config("packnet", PackNetMethod)
+register_method_config("exssnet", ExSSNeTMethod)

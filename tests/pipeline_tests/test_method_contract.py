@@ -18,6 +18,7 @@ from pipeline.methods import Method, Phase, TaskMasks, build_method, method_clas
 from pipeline.recipe import MethodConfig, Recipe, TrainConfig, recipe_from_dict
 from pipeline.runner import run_recipe
 from pipeline.store import PackedStore
+from pipeline.tracking import NoopRun, NoopTracker
 from pipeline.train import train_task
 from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
 
@@ -92,6 +93,45 @@ class MethodContract:
         assert rows[1][0] == rows[0][0] and result.bwt == 0.0
 
 
+    @pytest.mark.slow
+    def test_a_stopped_run_resumes_to_the_same_store(self, tmp_path: Path) -> None:
+        small = {"benchmark": {"stream": "permuted_mnist", "tasks": 3, "train_limit": 200,
+                               "test_limit": 50, "val_fraction": 0.2},
+                 "train": {"epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 50}}
+        whole = run_recipe(self.recipe(tmp_path / "whole", **small))
+        stopped = self.recipe(tmp_path / "stopped", **small)
+        with pytest.raises(_Stop):
+            run_recipe(stopped, tracker=_StopAfterTask1())
+        assert PackedStore.open(stopped.output_dir / stopped.name / "store.tpk").num_tasks == 2
+        resumed = run_recipe(stopped)
+        assert resumed.resumed_from == 2
+        assert resumed.store_path.read_bytes() == whole.store_path.read_bytes()
+        assert resumed.matrix.as_list() == whole.matrix.as_list()
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAfterTask1(NoopTracker):
+    """Ends the run right after task 1 is committed and tracked, as a kill would."""
+
+    def start(self, name: str, tags: dict[str, str] | None = None) -> NoopRun:
+        parent = super().start(name, tags)
+
+        def child(name: str, tags: dict[str, str] | None = None) -> NoopRun:
+            run = NoopRun.child(parent, name, tags)
+            if name == "task-1":
+                def end(status: str = "FINISHED") -> None:
+                    if status == "FINISHED":
+                        raise _Stop
+                run.end = end  # type: ignore[method-assign]
+            return run
+
+        parent.child = child  # type: ignore[method-assign]
+        return parent
+
+
 class TestWSN(MethodContract):
     method = {"kind": "wsn", "density": 0.5}
 
@@ -104,6 +144,14 @@ class TestTSNSplit(MethodContract):
 class TestTSNReuseOnly(MethodContract):
     method = {"kind": "tsn", "density": 0.5, "policy": "reuse_only",
               "prune": {"steps": 2, "finetune_epochs": 0}, "quantize": {"bits": [8]}}
+
+
+class TestPackNet(MethodContract):
+    method = {"kind": "packnet", "prune_fraction": 0.5, "retrain_epochs": 1}
+
+
+class TestExSSNeT(MethodContract):
+    method = {"kind": "exssnet", "density": 0.3, "kkt": True, "kkt_k": 20}
 
 
 # ---- a method that exists only here, registered like any other --------------------------------
