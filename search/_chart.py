@@ -173,7 +173,7 @@ def png(rows: Sequence[dict], lines: Sequence[RefLine], title: str, subtitle: st
                      shrink=0.85, format=EngFormatter(unit="B"))
     ax.set_xlabel(x_title)
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{wrap(title, 80, chr(10))}\n{wrap(subtitle, 100, chr(10))}", fontsize=8.5,
+    ax.set_title(f"{wrap(title, 100, chr(10))}\n{wrap(subtitle, 100, chr(10))}", fontsize=8.5,
                  loc="left")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncol=2, fontsize=7, frameon=False)

@@ -35,9 +35,10 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def fmt(value: object, spec: str = ".2f", missing: str = "-") -> str:
+def fmt(value: object, spec: str = ".2f", missing: str = "-", unit: str = "") -> str:
+    """``value`` formatted with its unit, or ``missing`` when there is no number."""
     v = number(value)
-    return missing if math.isnan(v) else format(v, spec)
+    return missing if math.isnan(v) else format(v, spec) + unit
 
 
 def _shade(acc: float, low: float) -> str:
@@ -57,14 +58,14 @@ def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
 
 def summary(f: RunFiles) -> str:
     s = f.summary
-    cards = [("ACC", f"{fmt(s.get('acc'))}%", "mean final accuracy over tasks"),
+    cards = [("ACC", fmt(s.get("acc"), unit="%"), "mean final accuracy over tasks"),
              ("BWT", fmt(s.get("bwt"), "+.3f"), "backward transfer (0 = nothing forgotten)"),
              ("FWT", fmt(s.get("fwt"), "+.2f"), "forward transfer, points over random init"),
-             ("store", f"{fmt(number(s.get('store/bytes_total')) / 1e3, ',.1f')} kB",
+             ("store", fmt(number(s.get("store/bytes_total")) / 1e3, ",.1f", unit=" kB"),
               "the packed store file, every task"),
-             ("vs fp32", f"{fmt(s.get('store/ratio_to_dense_fp32'), '.4f')}x",
+             ("vs fp32", fmt(s.get("store/ratio_to_dense_fp32"), ".4f", unit="x"),
               "file size / one dense fp32 backbone"),
-             ("wall", f"{fmt(s.get('wall_seconds'), '.0f')} s", "whole run")]
+             ("wall", fmt(s.get("wall_seconds"), ".0f", unit=" s"), "whole run")]
     return "<div class='cards'>" + "".join(
         f"<div class='card'><b>{esc(v)}</b>{esc(k)}<br><span>{esc(d)}</span></div>"
         for k, v, d in cards) + "</div>"
@@ -131,7 +132,7 @@ def latency(f: RunFiles) -> str:
                              - number(c.get("search_chosen_val_acc")), "+.2f"),
                          fmt(c.get("search_chosen_latency_ms"), ".4f"),
                          fmt(c.get("search_dense_latency_ms"), ".4f"),
-                         fmt(c.get("search_speedup_vs_dense"), ".2f") + "x",
+                         fmt(c.get("search_speedup_vs_dense"), ".2f", unit="x"),
                          fmt(c.get("search_chosen_bytes"), ",.0f"),
                          fmt(c.get("search_trials"), ".0f")])
         parts.append("<h3>measured by the search (validation data, the compiled model)</h3>"
@@ -162,7 +163,8 @@ def task_section(f: RunFiles, t: int) -> str:
     name = f.names[t]
     rec, front = f.record(t), f.fronts.get(t)
     out = [f"<section id='task-{t}'><h2>task {t}: {esc(name)}</h2><p>accuracy at commit "
-           f"{fmt(rec.get('acc_at_commit'))}%, validation {fmt(rec.get('val_acc'))}%.</p>"]
+           f"{fmt(rec.get('acc_at_commit'), unit='%')}, validation "
+           f"{fmt(rec.get('val_acc'), unit='%')}.</p>"]
     if front is None:
         out.append("<p class='note'>Not searched (no <code>search/task-"
                    f"{t}/pareto.json</code>): the task was compressed with the recipe's "
