@@ -11,6 +11,7 @@ one ``plotly.min.js`` beside the task folders: one copy per run instead of ~4.8 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 from collections.abc import Sequence
@@ -119,7 +120,11 @@ def write_front(points: list[Point], chosen: Point, plans: dict[int, dict], fold
     subtitle = (f"why: {ctx.reason}. {ctx.trials} trials + the dense reference, {len(front)} "
                 f"on the front; selection policy {ctx.policy}")
     x_title = f"latency on {ctx.target}, batch {ctx.latency_batch} (ms, median)"
-    fig = figure(drawn, lines, title, subtitle, x_title)
+    import plotly.graph_objects as go  # lazily, like every plotting import
+
+    # validated, with its template spelled out: plotly.js knows no template names, so the run
+    # report (which draws this dict with plotly.js) and pareto.html render the same chart
+    fig = go.Figure(figure(drawn, lines, title, subtitle, x_title)).to_plotly_json()
     json_path = folder / "pareto.json"
     json_path.write_text(json.dumps(finite({
         "version": FRONT_VERSION, **asdict(ctx), "title": title,
@@ -152,13 +157,7 @@ def html_page(fig: dict, title: str, plotly_src: str) -> str:
 
     return pio.to_html(fig, include_plotlyjs=plotly_src, full_html=True,
                        config={"responsive": True}).replace(
-        "<head>", f"<head><title>{_escape(title)}</title>", 1)
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text, quote=True)
+        "<head>", f"<head><title>{html.escape(title)}</title>", 1)
 
 
 def write_plotly_js(folder: Path) -> Path:
