@@ -72,8 +72,10 @@ def wrap(text: str, width: int, sep: str) -> str:
 
 
 def _hover(r: dict) -> str:
-    return (f"{'dense reference' if r['dense'] else 'trial ' + str(r['trial'])}<br>"
-            f"accuracy {r['acc']:.2f}%<br>latency {r['ms']:.4f} ms<br>"
+    status = ("on the Pareto front" if r["pareto"] else "dominated" if r["feasible"]
+              else "infeasible") + (", chosen" if r["chosen"] else "")
+    return (f"<b>{'dense reference' if r['dense'] else 'trial ' + str(r['trial'])}</b> "
+            f"({status})<br>accuracy {r['acc']:.2f}%<br>latency {r['ms']:.4f} ms<br>"
             f"bytes {r['bytes']:,.0f}<br>{r['plan_text']}")
 
 

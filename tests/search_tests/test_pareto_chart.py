@@ -101,9 +101,16 @@ def test_title_names_target_and_reason_and_the_legend_sits_below(front) -> None:
     assert data["front"] == [DENSE, 0] and data["dense_latency_ms"] == 0.05
 
 
-def test_hover_text_spells_out_the_plan() -> None:
+def test_hover_text_spells_out_the_point_and_its_plan(front) -> None:
     assert plan_text(PLANS[0]) == "fc: 50% sparse, block(16,1), 4 bits"
     assert plan_text({}) == "plan: as trained (no pruning, fp32)"
+    _, data, _ = front
+    hover = {t["name"].split(" ")[0]: t["text"] for t in data["figure"]["data"][:-1]}
+    assert hover["Pareto"] == ["<b>trial 0</b> (on the Pareto front, chosen)<br>accuracy "
+                               "89.50%<br>latency 0.0200 ms<br>bytes 138,654<br>"
+                               "fc: 50% sparse, block(16,1), 4 bits"]
+    assert hover["infeasible"][0].startswith("<b>trial 2</b> (infeasible)")
+    assert hover["dense"][0].startswith("<b>dense reference</b> (on the Pareto front)")
 
 
 def test_html_loads_one_shared_plotly_js(front, tmp_path: Path) -> None:
