@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup toolchain postgres data lint typecheck clean
+.PHONY: demo test setup toolchain postgres chromium data lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,15 @@ postgres:
 	      apt-get install -y -qq postgresql >/dev/null 2>&1)) || \
 	    echo "note: postgresql not installed; the PostgreSQL search test will skip"; }
 
+# Headless Chromium renders the run report in a test (tests/pipeline_tests/test_run_report.py).
+# Best effort like toolchain: without it (no root, no apt) that test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get install -y -qq chromium >/dev/null 2>&1)) || \
+	    echo "note: chromium not installed; the report's browser test will skip"; }
+
 data: setup
 	$(BIN)/taskpack data fetch mnist
 
@@ -41,7 +50,7 @@ demo: data
 TYPECHECK := $(BIN)/mypy pipeline search compilers
 
 # Any non-zero exit fails the recipe, pytest's 5 (no tests collected) included.
-test: data
+test: data chromium
 	$(BIN)/ruff check pipeline search compilers tests benchmarks
 	$(TYPECHECK)
 	$(BIN)/python -m pytest -q

@@ -120,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.resumed_from:
         out.print(f"continued after {result.resumed_from} committed task(s)")
     out.print(f"run folder: {result.run_dir}")
+    out.print(f"report: {result.run_dir / 'report.html'}  (one page: matrix, store, fronts)")
     out.print(f"store: {result.store_path}  (taskpack inspect {result.store_path})")
     if result.where:
         out.print(f"MLflow run {result.run_id}: {result.where}")
@@ -171,6 +172,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         err = (m.get("numerics") or {}).get("max_rel_err")
         print(f"{folder}: task {m['task']}, {speed}, numerics rel err "
               f"{'n/a' if err is None else f'{err:.1e}'}")
+    if (args.store.parent / "results.json").is_file():  # a run folder: link the bundles
+        from pipeline.run_report import write_report
+
+        print(f"report: {write_report(args.store.parent, [args.out])}")
     return 0
 
 

@@ -26,6 +26,11 @@ BUILTIN_TARGETS = {"host": TargetConfig(name="host", kind="host", backend="tvm")
                    "aarch64": TargetConfig(name="aarch64", kind="aarch64", backend="tvm")}
 
 
+def store_hash(path: Path) -> str:
+    """A store's identity in bundle manifests: the first 16 hex digits of its sha256."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def resolve_target(recipe: Recipe, name: str) -> TargetConfig:
     for t in recipe.targets:
         if t.name == name:
@@ -70,13 +75,13 @@ def export_tasks(store_path: Path, tasks: list[int] | None, target_name: str,
     if target_cfg.backend != "tvm":
         raise InputError(f"target {target_name!r} uses backend {target_cfg.backend!r}; "
                          "bundles are compiled with tvm")
-    store_hash = hashlib.sha256(store_path.read_bytes()).hexdigest()[:16]
+    digest = store_hash(store_path)
     example = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0))
     folders = []
     for t, module in modules.items():
         try:
             folders.append(export_bundle(
-                module, example, to_target(target_cfg), out, task=t, store_hash=store_hash,
+                module, example, to_target(target_cfg), out, task=t, store_hash=digest,
                 transforms=tuple(target_cfg.transforms), tune_trials=target_cfg.tune_trials,
                 cache_dir=recipe.output_dir.parent / "tvm-cache"))
         except CompilerError as exc:

@@ -20,7 +20,7 @@ from pipeline.store import FORMAT_MAGIC
 __all__ = ["MARKER", "prepare_run_dir"]
 
 MARKER = ".taskpack-run"
-_RUN_FILES = re.compile(r"state-[0-9]+\.npz|progress\.json")  # what the runner writes atomically
+_RUN_FILES = re.compile(r"state-[0-9]+\.npz|progress\.json|report\.html")  # written atomically
 # everything a taskpack older than the marker put in a run folder (it always wrote recipe.yaml)
 _LEGACY_FILES = re.compile(r"recipe\.yaml|store\.tpk|state-[0-9]+\.npz|progress\.json|"
                            r"results\.json|tasks\.csv|accuracy_matrix\.png|store_report\.txt|"

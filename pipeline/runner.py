@@ -30,6 +30,7 @@ from pipeline.models import build_model, model_fingerprint
 from pipeline.progress import QUIET, Bars
 from pipeline.recipe import Recipe, flatten, load_recipe, recipe_to_dict, recipe_to_yaml
 from pipeline.report import write_artifacts
+from pipeline.run_report import write_report
 from pipeline.rundir import prepare_run_dir
 from pipeline.session import RunResult, Session, TaskContext, TaskRecord
 from pipeline.stages import baseline_accuracy, commit_task, stage_evaluate, stage_train
@@ -147,7 +148,8 @@ def _finish(s: Session, result: RunResult, parent: Run) -> None:
         indent=2))
     (s.run_dir / "store_report.txt").write_text(format_report(report))
     parent.log_metrics(summary)
-    for path in write_artifacts(result, s.run_dir):
+    # the report reads results.json (written above) and the search's fronts from the folder
+    for path in [*write_artifacts(result, s.run_dir), write_report(s.run_dir)]:
         parent.log_artifact(path)
     for name in ("results.json", "store_report.txt"):
         parent.log_artifact(s.run_dir / name)

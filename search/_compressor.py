@@ -13,7 +13,7 @@ from pipeline.compress import (
     trained_layers,
 )
 from pipeline.errors import RecipeError
-from pipeline.recipe import Recipe
+from pipeline.recipe import Recipe, TargetConfig
 from pipeline.session import Session, TaskContext
 from pipeline.targets import find_target
 from search._objective import LatencyFn, TaskProblem
@@ -22,6 +22,13 @@ from search._space import previous_plan, resolve_space
 from search.objectives import resolve
 
 __all__ = ["SearchCompressor"]
+
+
+def describe_target(cfg: TargetConfig) -> str:
+    """``host (tvm, tuned 8 trials/workload)``: where the search measures latency."""
+    tuning = (f", tuned {cfg.tune_trials} trials/workload" if cfg.tune_trials
+              else ", untuned" if cfg.backend == "tvm" else "")
+    return f"{cfg.name} ({cfg.backend}{tuning})"
 
 
 class SearchCompressor(Compressor):
@@ -88,7 +95,8 @@ class SearchCompressor(Compressor):
             latency_fn=self.latency_fn, finetune_epochs=cfg.finetune_epochs,
             lr=recipe.train.lr / 10, batch_size=recipe.train.batch_size,
             seed=recipe.train.seed + t, quant_fallback=tuple(narrow) or (8,),
-            labels_fn=self._labels(self.target_cfg, s.model.layer_shapes()))
+            labels_fn=self._labels(self.target_cfg, s.model.layer_shapes()),
+            target=describe_target(self.target_cfg))
         folder = s.run_dir / "search"
         # workers (taskpack search --worker) start from the published task
         outcome = search_task(problem, cfg, space, ctx.run, folder / f"task-{t}.journal",

@@ -31,7 +31,7 @@ from pipeline.recipe import LayerPlan, SearchConfig
 from pipeline.tracking import Run
 from search._dense import DenseReference, dense_stats, guard, measure_dense, plan_params, point_of
 from search._objective import TaskProblem, failure_reason
-from search._pareto import write_front
+from search._pareto import front_context, write_front
 from search._select import DENSE, Point, pareto_front, select
 from search._space import LayerSpace, suggest_plans
 from search._storage import (
@@ -233,8 +233,7 @@ def _select_and_record(study, problem: TaskProblem, cfg: SearchConfig,
         run.reopen(dense.run_id).set_tags({"pareto": str(DENSE in on_front).lower(),
                                            "chosen": str(chosen.dense).lower()})
     files = write_front(points, chosen, params, artifacts,
-                        f"task {problem.ctx.task}: {len(trials)} trials + dense reference, "
-                        f"{len(front)} on front", objectives)
+                        front_context(problem, cfg, reason, len(trials)), objectives)
     for f in files:
         run.log_artifact(f, "pareto")
     run.set_tags({"search.chosen_trial": str(chosen.number), "search.reason": reason,

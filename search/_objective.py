@@ -93,6 +93,7 @@ class TaskProblem:
     seed: int = 0
     quant_fallback: tuple[int, ...] = (8,)
     labels_fn: Callable[[dict[str, LayerPlan]], dict[str, str]] | None = None
+    target: str = "the search target"  # where latency is measured, in words (charts)
 
     def apply(self, plans: dict[str, LayerPlan]) -> tuple[dict[str, LayerResult],
                                                           dict[str, torch.Tensor], float]:

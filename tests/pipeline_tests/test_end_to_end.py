@@ -52,7 +52,9 @@ def test_pmnist_run_tracks_parent_and_children_and_never_forgets(tmp_path: Path)
     assert all(c.info.status == "FINISHED" for c in children)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"recipe.yaml", "tasks.csv", "accuracy_matrix.png", "results.json",
-            "store_report.txt", "store"} <= artifacts
+            "store_report.txt", "store", "report.html"} <= artifacts
+    report = (result.run_dir / "report.html").read_text()
+    assert "<script" not in report  # no search, no fronts: a plain page, no plotly.js
     assert [a.path for a in client.list_artifacts(result.run_id, "store")] == ["store/store.tpk"]
     size = result.store_path.stat().st_size
     assert parent.data.metrics["store/bytes_total"] == size

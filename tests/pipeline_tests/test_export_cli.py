@@ -31,7 +31,12 @@ def test_export_host_and_aarch64_bundles_from_a_store(tmp_path: Path,
     out = tmp_path / "exports"
     assert main(["export", str(result.store_path), "--all-tasks", "--target", "host",
                  "--out", str(out)]) == 0
-    assert "host/task-1: task 1, median" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "host/task-1: task 1, median" in printed
+    # the store sits in its run folder: the run report is rebuilt with links to the bundles
+    assert f"report: {result.run_dir / 'report.html'}" in printed
+    report = (result.run_dir / "report.html").read_text()
+    assert "<a href='../../exports/host/task-1/manifest.json'>" in report
     x = build_stream(recipe.benchmark).load(0).test.x[:1]
     store = PackedStore.open(result.store_path)
     from pipeline.runner import prepare

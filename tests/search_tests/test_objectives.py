@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.recipe import SearchConstraints
 from search._objective import Latency, TrialResult
-from search._pareto import write_front
+from search._pareto import FrontContext, write_front
 from search._select import Point, pareto_front
 from search._study import make_sampler, open_study
 from search.objectives import (
@@ -97,7 +97,9 @@ class ObjectiveContract:
 
     def test_pareto_csv_has_a_column_for_it(self, objective: Objective, tmp_path) -> None:
         pts = [Point(0, scores(sample_result(), CTX)), Point(1, scores(sample_result(90.0), CTX))]
-        csv = write_front(pts, pts[0], {}, tmp_path, "t", [objective.name])[0]
+        csv = write_front(pts, pts[0], {}, tmp_path / "task-0",
+                          FrontContext(0, "host", "a reason", CTX.reference_accuracy),
+                          [objective.name])[0]
         assert objective.metric in csv.read_text().splitlines()[0].split(",")
 
 
