@@ -190,6 +190,58 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / best
 
 
+def profile_step(name: str, threads: int, out: Path, reps: int = 20) -> dict[str, float]:
+    """Milliseconds of the pieces of one WSN training step next to a dense step (CPU, one
+    batch of the config's size): where the gap to the dense loop goes."""
+    import statistics
+
+    recipe = recipe_for(name, {"kind": "wsn", "density": 0.15}, "cpu", threads, 640, 1, out)
+    s = prepare(recipe, fresh=True)
+    task = s.load_task(0)
+    s.model.add_task(task.num_classes)
+    x, y = task.train.x[:recipe.train.batch_size], task.train.y[:recipe.train.batch_size]
+    phase = next(iter(s.method.phases(0)))
+    phase.mode.apply(s.model)
+    opt = make_optimizer(phase.param_groups, recipe.train)
+    dense = plain_copy(s.model)
+    dense_opt = make_optimizer([{"params": list(dense.parameters())}], recipe.train)
+    layers = list(s.model.masked_layers().values())
+
+    def ms(fn: Any) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1e3 * statistics.median(times)
+
+    def wsn_step() -> None:
+        loss = F.cross_entropy(s.model(x, 0), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        s.method.after_backward(0)
+        opt.step()
+
+    def dense_step() -> None:
+        loss = F.cross_entropy(dense(x, 0), y)
+        dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dense_opt.step()
+
+    def fwd_bwd() -> None:
+        loss = F.cross_entropy(s.model(x, 0), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+
+    from pipeline.models import topc_mask
+    return {"dense step": ms(dense_step), "dense optimizer": ms(dense_opt.step),
+            "wsn step": ms(wsn_step), "wsn forward+backward": ms(fwd_bwd),
+            "of which top-c masks": ms(lambda: [topc_mask(m.score, 0.15) for m in layers]),
+            "wsn optimizer (weights + scores)": ms(opt.step),
+            "gradient gate (after_backward)": ms(lambda: s.method.after_backward(0))}
+
+
 def variants(device: str) -> list[tuple[str, dict, dict, bool]]:
     """(row name, method section, extra train settings, run the compression passes)."""
     wsn = {"kind": "wsn", "density": 0.15}
@@ -252,7 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3,
                    help="epochs per row; the first is warm-up, the rest are averaged")
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    p.add_argument("--profile", action="store_true",
+                   help="CPU: time the pieces of one WSN step next to a dense step instead")
     args = p.parse_args(argv)
+    if args.profile:
+        with tempfile.TemporaryDirectory() as tmp:
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                for name in (c for c in args.configs if c != "cnn"):
+                    parts = profile_step(name, threads, Path(tmp))
+                    print(f"# {name}, batch {CONFIGS[name]['batch']}, {threads} thread(s), "
+                          "median ms of 20")
+                    for k, v in parts.items():
+                        print(f"| {k} | {v:.2f} |")
+        return 0
     dev = torch.device(args.device)
     rows: list[dict] = []
     peaks = {}
