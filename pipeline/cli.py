@@ -32,6 +32,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="taskpack", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("validate", help="check a recipe and print what it would run")
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None,
                    help="Optuna storage shared by the workers, e.g. postgresql://... "
                         "(default: the recipe's search.storage, else the run's journal file)")
-    p.add_argument("--no-track", action="store_true")
+    p.add_argument("--no-track", action="store_true",
+                   help="do not log this worker's trials to MLflow")
 
     p = sub.add_parser("inspect", help="print what a packed store holds, per task and layer")
     p.add_argument("store", type=Path, help="store file (.tpk)")
@@ -61,21 +63,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path, help="store file (.tpk)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--task", type=int, action="append", help="task id (repeatable)")
-    g.add_argument("--all-tasks", action="store_true")
+    g.add_argument("--all-tasks", action="store_true", help="every committed task")
     p.add_argument("--target", required=True, help="a target of the recipe, or host / aarch64")
     p.add_argument("--recipe", type=Path, default=None,
                    help="the run's recipe (default: recipe.yaml beside the store)")
-    p.add_argument("--out", type=Path, default=Path("mlruns/exports"))
+    p.add_argument("--out", type=Path, default=Path("mlruns/exports"),
+                   help="folder for the bundles, one per target and task (default: %(default)s)")
 
     p = sub.add_parser("data", help="data sets")
     dsub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     f = dsub.add_parser("fetch", help="fetch a data set into the cache (no network at run time)")
     f.add_argument("name", choices=["mnist", "fashion-mnist"])
-    f.add_argument("--cache-dir", type=Path, default=None)
+    f.add_argument("--cache-dir", type=Path, default=None,
+                   help="data cache (default: $TASKPACK_DATA, else ~/.cache/taskpack/data)")
 
     p = sub.add_parser("schema", help="write the recipe JSON schema")
-    p.add_argument("--out", type=Path, default=Path("recipes/schema.json"))
+    p.add_argument("--out", type=Path, default=Path("recipes/schema.json"),
+                   help="where to write it (default: %(default)s)")
     return parser
+
+
+def _version() -> str:
+    """``taskpack <version>`` with the versions that decide what a run computes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"taskpack {v('taskpack')} (torch {v('torch')}, apache-tvm {v('apache-tvm')}, "
+            f"optuna {v('optuna')}, mlflow {v('mlflow')}, Python {sys.version.split()[0]})")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

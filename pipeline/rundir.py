@@ -34,8 +34,12 @@ def prepare_run_dir(run_dir: Path, output_dir: Path, store_path: Path, fresh: bo
     if fresh:
         _delete_run_dir(run_dir, output_dir)
         _delete_store(store_path)
-    if not run_dir.exists():
+    try:  # the run and its search workers may start together: one of them creates it
         run_dir.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        created = False
+    if created:
         (run_dir / MARKER).write_text("a run folder created by taskpack: `taskpack run --fresh` "
                                       "may delete it\n")
     elif run_dir.is_dir() and not any(run_dir.iterdir()):

@@ -81,3 +81,27 @@ def test_real_process_prints_one_line_and_exits_2(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {path}: train.lr: must be > 0, got -1"
+
+
+def test_version_names_the_versions_that_decide_a_run(capsys) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("taskpack ") and "torch" in out and "apache-tvm" in out
+
+
+def test_every_flag_of_every_command_has_help() -> None:
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    missing, parsers = [], [("taskpack", build_parser())]
+    while parsers:
+        name, parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += [(f"{name} {k}", p) for k, p in action.choices.items()]
+            elif action.option_strings and not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings)}")
+    assert not missing, missing

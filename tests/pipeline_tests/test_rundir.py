@@ -122,3 +122,21 @@ def test_stale_temp_files_of_a_killed_commit_are_removed_on_the_next_start(
     prepare_run_dir(run_dir, tmp_path / "out", run_dir / "store.tpk", fresh=False)
     left = {p.name for p in run_dir.iterdir()}
     assert left == {MARKER, *kept}
+
+
+def test_a_worker_creating_the_folder_at_the_same_moment_is_no_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `taskpack run` and `taskpack search --worker` start together: the other process creates
+    # the folder between this one's look and its mkdir (was a FileExistsError traceback)
+    run_dir = tmp_path / "r"
+    real_mkdir = Path.mkdir
+
+    def other_process_first(self: Path, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        if self == run_dir and not run_dir.exists():
+            real_mkdir(run_dir)
+            (run_dir / MARKER).write_text("made by the other process\n")
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", other_process_first)
+    prepare_run_dir(run_dir, tmp_path, run_dir / "store.tpk", fresh=False)
+    assert (run_dir / MARKER).read_text() == "made by the other process\n"
