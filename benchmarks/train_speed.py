@@ -26,6 +26,7 @@ Epochs early-stop never: the lr schedule is disabled (patience above the epochs)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -89,8 +90,6 @@ def recipe_for(name: str, method: dict, device: str, threads: int, examples: int
 
 def plain_copy(model: ContinualNet) -> nn.Module:
     """The model with every masked layer replaced by its plain torch layer (same weights)."""
-    import copy
-
     plain = copy.deepcopy(model)
     for parent in plain.modules():
         for key, child in list(parent.named_children()):

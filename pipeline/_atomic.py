@@ -33,7 +33,7 @@ def remove_stale_temp_files(folder: Path, owned: Callable[[str], bool]) -> list[
         return removed
     for entry in entries:
         m = _TEMP.fullmatch(entry.name)
-        if m is None or not owned(m["name"]) or _alive(int(m["pid"])):
+        if m is None or not owned(m["name"]) or process_alive(int(m["pid"])):
             continue
         if entry.is_symlink() or not entry.is_file():
             continue
@@ -45,7 +45,8 @@ def remove_stale_temp_files(folder: Path, owned: Callable[[str], bool]) -> list[
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine may still run (another user's counts as alive)."""
     if pid == os.getpid():
         return True
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import optuna
 
+from pipeline._atomic import process_alive
 from pipeline.errors import InputError
 from pipeline.recipe import SearchConfig
 
@@ -180,7 +180,8 @@ def fail_stale(study: optuna.Study, storage: Any, on_stale: StaleCallback) -> No
             optuna.storages.fail_stale_trials(study)
         return
     for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-        if _alive(t.user_attrs.get("pid")):
+        pid = t.user_attrs.get("pid")
+        if pid is None or process_alive(pid):  # no pid recorded yet: assume it runs
             continue
         try:  # as Optuna's heartbeat check does: of two processes, one fails it
             if not storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
@@ -188,19 +189,6 @@ def fail_stale(study: optuna.Study, storage: Any, on_stale: StaleCallback) -> No
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         on_stale(study, t)
-
-
-def _alive(pid: int | None) -> bool:
-    """Whether process ``pid`` of this machine may still run (no pid yet: assume so)."""
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def delete_studies(cfg: SearchConfig, pattern: str) -> list[str]:

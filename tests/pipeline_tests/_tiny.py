@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from pipeline.data import Split, Task
+from pipeline.methods import build_method
 from pipeline.models import ContinualNet, build_model
-from pipeline.recipe import ModelConfig
+from pipeline.progress import QUIET
+from pipeline.recipe import ModelConfig, Recipe
+from pipeline.session import Session, TaskContext
+from pipeline.store import PackedStore
+from pipeline.tracking import NoopRun
+from pipeline.train import train_task
 
 
 def tiny_task(index: int, n: int = 96, dim: int = 8, classes: int = 3, seed: int = 0) -> Task:
@@ -25,3 +33,18 @@ def tiny_mlp(hidden: tuple[int, ...] = (16, 16), dim: int = 8, norm: str = "none
              seed: int = 0) -> ContinualNet:
     torch.manual_seed(seed)
     return build_model(ModelConfig(arch="mlp", hidden=list(hidden), norm=norm), (1, 1, dim))
+
+
+def trained_tiny_session(recipe: Recipe, store_path: Path, run_dir: Path,
+                         run: NoopRun | None = None) -> tuple[Session, TaskContext]:
+    """Task 0 of a tiny task trained by the recipe's method (2 epochs, lr 0.01), ended, in a
+    session over a fresh store: what a ``Compressor`` gets."""
+    model = tiny_mlp(hidden=(32, 32))
+    method = build_method(model, recipe)
+    store = PackedStore.create(store_path, model.layer_shapes(), "tiny", 32)
+    task = tiny_task(0, n=192)
+    model.add_task(task.num_classes)
+    method.begin_task(0, store)
+    train_task(method, 0, task, recipe.train.model_copy(update={"epochs": 2, "lr": 0.01}))
+    s = Session(recipe, None, model, method, tiny_mlp(), store, run_dir)  # type: ignore[arg-type]
+    return s, TaskContext(task, method.end_task(0), QUIET, run or NoopRun())

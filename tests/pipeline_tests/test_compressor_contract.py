@@ -9,14 +9,10 @@ import pytest
 import torch
 
 from pipeline.compress import Compressed, Compressor, PlanCompressor
-from pipeline.methods import build_method
-from pipeline.progress import QUIET
 from pipeline.recipe import recipe_from_dict
 from pipeline.session import Session, TaskContext
 from pipeline.store import LayerCommit, PackedStore, TaskCommit
-from pipeline.tracking import NoopRun
-from pipeline.train import train_task
-from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
+from tests.pipeline_tests._tiny import trained_tiny_session
 
 
 class CompressorContract:
@@ -34,15 +30,7 @@ class CompressorContract:
                                    "output_dir": str(tmp_path),
                                    "compression": {"default": {"sparsity": 0.5, "bits": 4}},
                                    **self.extra})
-        model = tiny_mlp(hidden=(32, 32))
-        method = build_method(model, recipe)
-        store = PackedStore.create(tmp_path / "s.tpk", model.layer_shapes(), "tiny", 32)
-        task = tiny_task(0, n=192)
-        model.add_task(task.num_classes)
-        method.begin_task(0, store)
-        train_task(method, 0, task, recipe.train.model_copy(update={"epochs": 2, "lr": 0.01}))
-        s = Session(recipe, None, model, method, tiny_mlp(), store, tmp_path)  # type: ignore[arg-type]
-        return s, TaskContext(task, method.end_task(0), QUIET, NoopRun())
+        return trained_tiny_session(recipe, tmp_path / "s.tpk", tmp_path)
 
     def test_result_is_committable_and_within_the_trained_mask(self, tmp_path) -> None:  # noqa: ANN001
         s, ctx = self._session(tmp_path)

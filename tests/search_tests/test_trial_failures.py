@@ -17,16 +17,12 @@ from optuna.trial import TrialState
 import compilers
 from compilers import EagerCompiler
 from compilers.errors import BuildFailed, RunTimedOut
-from pipeline.methods import build_method
-from pipeline.progress import QUIET
 from pipeline.recipe import recipe_from_dict
 from pipeline.session import Session, TaskContext
-from pipeline.store import PackedStore
 from pipeline.tracking import NoopRun
-from pipeline.train import train_task
 from search import SearchCompressor, study_name
 from search._storage import open_storage
-from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
+from tests.pipeline_tests._tiny import trained_tiny_session
 
 TRIALS = 4
 
@@ -42,16 +38,9 @@ def _session(tmp_path: Path) -> tuple[Session, TaskContext, NoopRun]:
                               "patterns": ["unstructured"], "bits": [8]}],
                    "constraints": {"max_acc_drop": None},
                    "selection": {"policy": "min_latency_within_acc_drop", "value": 100.0}}})
-    model = tiny_mlp(hidden=(32, 32))
-    method = build_method(model, recipe)
-    store = PackedStore.create(tmp_path / "s.tpk", model.layer_shapes(), "tiny", 32)
-    task = tiny_task(0, n=192)
-    model.add_task(task.num_classes)
-    method.begin_task(0, store)
-    train_task(method, 0, task, recipe.train.model_copy(update={"epochs": 2, "lr": 0.01}))
     run = NoopRun("task-0")
-    s = Session(recipe, None, model, method, tiny_mlp(), store, tmp_path / "run")  # type: ignore[arg-type]
-    return s, TaskContext(task, method.end_task(0), QUIET, run), run
+    s, ctx = trained_tiny_session(recipe, tmp_path / "s.tpk", tmp_path / "run", run)
+    return s, ctx, run
 
 
 def _fail_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, call: int,
