@@ -17,7 +17,7 @@ from pipeline.data import _local
 from pipeline.data._cache import check_cached, load_cached
 from pipeline.data._seeding import rng_for
 from pipeline.data._tiny import TinyImageNet
-from pipeline.data._transforms import normalized, permuted, rotated, to_unit
+from pipeline.data._transforms import normalized, permuted, rotated, standardized, to_unit
 from pipeline.data._types import Images, RawTask, SplitPolicy, Stream, TaskSpec, Transform
 from pipeline.errors import RecipeError
 from pipeline.recipe import BenchmarkConfig
@@ -44,7 +44,8 @@ def _permuted_mnist(cfg: BenchmarkConfig) -> Built:
     specs = []
     for i in range(n):
         perm = rng_for(cfg.seed, "permutation", i).permutation(int(np.prod(MNIST_SHAPE)))
-        specs.append(TaskSpec(f"pmnist-{i}", 10, _whole(source, permuted(perm))))
+        transform = _gray(cfg, "mnist", permuted(perm))
+        specs.append(TaskSpec(f"pmnist-{i}", 10, _whole(source, transform)))
     return MNIST_SHAPE, specs
 
 
@@ -55,16 +56,18 @@ def _rotated_mnist(cfg: BenchmarkConfig) -> Built:
     specs = []
     for i in range(n):
         angle = ROTATION_STEP * i
-        specs.append(TaskSpec(f"rmnist-{i} ({angle:g}deg)", 10, _whole(source, rotated(angle))))
+        transform = _gray(cfg, "mnist", rotated(angle))
+        specs.append(TaskSpec(f"rmnist-{i} ({angle:g}deg)", 10, _whole(source, transform)))
     return MNIST_SHAPE, specs
 
 
 def _split_mnist(cfg: BenchmarkConfig) -> Built:
-    return MNIST_SHAPE, _split(cfg, _cached_source("mnist", cfg), 10, 2, to_unit)
+    return MNIST_SHAPE, _split(cfg, _cached_source("mnist", cfg), 10, 2, _gray(cfg, "mnist"))
 
 
 def _split_fmnist(cfg: BenchmarkConfig) -> Built:
-    return MNIST_SHAPE, _split(cfg, _cached_source("fashion-mnist", cfg), 10, 2, to_unit)
+    source = _cached_source("fashion-mnist", cfg)
+    return MNIST_SHAPE, _split(cfg, source, 10, 2, _gray(cfg, "fashion-mnist"))
 
 
 def _mnist_fmnist(cfg: BenchmarkConfig) -> Built:
@@ -74,7 +77,7 @@ def _mnist_fmnist(cfg: BenchmarkConfig) -> Built:
     for name in names:
         check_cached(name, cfg.cache_dir)
         source = functools.partial(load_cached, name, cfg.cache_dir)
-        specs.append(TaskSpec(name, 10, _whole(source, to_unit)))
+        specs.append(TaskSpec(name, 10, _whole(source, _gray(cfg, name))))
     return MNIST_SHAPE, specs
 
 
@@ -112,6 +115,11 @@ def _tinyimagenet(cfg: BenchmarkConfig) -> Built:
         make = _whole(functools.partial(data.load, chosen), transform)
         specs.append(TaskSpec(f"tinyimagenet-{i}", per_task, make))
     return (3, 64, 64), specs
+
+
+def _gray(cfg: BenchmarkConfig, dataset: str, transform: Transform = to_unit) -> Transform:
+    """An MNIST-family transform, standardized when ``benchmark.normalize`` asks for it."""
+    return standardized(dataset, transform) if cfg.normalize else transform
 
 
 def _split(

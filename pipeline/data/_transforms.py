@@ -1,9 +1,10 @@
 """uint8 images to float tensors, per stream: scale, permute, rotate, pad, normalize.
 
 Transforms run in ``Stream.load`` on the examples a task keeps. MNIST-family streams stay in
-[0, 1] (the usual input of the MLPs they are learned with); colour data sets and everything in
-5-datasets are normalized per channel with each data set's published training-set statistics, so
-the values do not depend on which subset was loaded.
+[0, 1] (the usual input of the MLPs they are learned with) unless ``benchmark.normalize`` asks
+for standardization (``standardized``: WSN and GPM feed PMNIST this way); colour data sets and
+everything in 5-datasets are normalized per channel with each data set's published training-set
+statistics, so the values do not depend on which subset was loaded.
 """
 
 from __future__ import annotations
@@ -31,6 +32,19 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 def to_unit(x: np.ndarray) -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` to float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(255.0)
+
+
+def standardized(dataset: str, transform: Transform = to_unit) -> Transform:
+    """``transform`` (which yields [0, 1] images), then ``(x - mean) / std`` with the data set's
+    published statistics. Per-pixel scalars, so standardizing before or after a pixel permutation
+    gives the same tensor; after a rotation the zero border becomes ``-mean / std`` like the
+    original background."""
+    (mean,), (std,) = STATS[dataset]
+
+    def apply(x: np.ndarray) -> torch.Tensor:
+        return transform(x).sub_(mean).div_(std)
+
+    return apply
 
 
 def permuted(perm: np.ndarray) -> Transform:

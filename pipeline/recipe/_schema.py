@@ -52,6 +52,12 @@ class BenchmarkConfig(_Section):
     )
     seed: Seed = 0
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    normalize: bool = Field(
+        default=False,
+        description="MNIST-family streams: standardize pixels with the data set's published "
+        "mean and std (WSN and GPM do so for PMNIST); false keeps them in [0, 1]. Colour "
+        "streams are always normalized",
+    )
     train_limit: Annotated[int, Field(ge=10, le=MAX_EXAMPLES)] | None = Field(
         default=None, description="keep at most this many training examples per task"
     )

@@ -324,3 +324,22 @@ def test_a_task_is_a_frozen_record(data: dict[str, Path]) -> None:
     with pytest.raises(AttributeError):
         task.name = "x"  # type: ignore[misc]
     assert math.isclose(len(task.val) / (len(task.train) + len(task.val)), 0.1, abs_tol=0.05)
+
+
+@pytest.mark.parametrize(("stream", "dataset"), [
+    ("permuted_mnist", "mnist"), ("rotated_mnist", "mnist"), ("split_mnist", "mnist"),
+    ("split_fmnist", "fashion-mnist"), ("mnist_fmnist", "mnist"),
+])
+def test_normalize_standardizes_mnist_family_streams(
+    data: dict[str, Path], stream: str, dataset: str
+) -> None:
+    """``benchmark.normalize`` is ``(x - mean) / std`` of the [0, 1] tensor, nothing else: same
+    examples, same order, same permutation or rotation."""
+    cfg = {"stream": stream, "cache_dir": data["cache_dir"], "tasks": 1, "seed": 3}
+    plain = build_stream(BenchmarkConfig(**cfg)).load(0)
+    std = build_stream(BenchmarkConfig(**cfg, normalize=True)).load(0)
+    (mean,), (sd,) = STATS[dataset]
+    for a, b in ((plain.train, std.train), (plain.val, std.val), (plain.test, std.test)):
+        assert torch.equal(a.y, b.y)
+        torch.testing.assert_close(b.x, (a.x - mean) / sd)
+    assert std.train.x.min() < 0  # the background is no longer 0
