@@ -7,7 +7,7 @@ with ``register_method(kind, Config, Class)``; see docs/extending.md.
 from __future__ import annotations
 
 from pipeline.methods._base import CompressionPasses, MaskMode, Method, Phase, TaskMasks
-from pipeline.methods._registry import build_method, method_class, register_method
+from pipeline.methods._registry import build_method, method_class, method_names, register_method
 from pipeline.methods.exssnet import ExSSNeT
 from pipeline.methods.packnet import PackNet
 from pipeline.methods.tsn import TSN
@@ -25,5 +25,6 @@ __all__ = [
     "TaskMasks",
     "build_method",
     "method_class",
+    "method_names",
     "register_method",
 ]

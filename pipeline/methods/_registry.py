@@ -7,7 +7,7 @@ from pipeline.methods._base import Method
 from pipeline.models import ContinualNet
 from pipeline.recipe import MethodConfig, Recipe, register_method_config
 
-__all__ = ["build_method", "method_class", "register_method"]
+__all__ = ["build_method", "method_class", "method_names", "register_method"]
 
 _METHODS: dict[str, type[Method]] = {}
 
@@ -23,6 +23,11 @@ def register_method(kind: str, config: type[MethodConfig], method: type[Method])
         raise ValueError(f"method kind {kind!r} is already registered to {known.__name__}.")
     register_method_config(kind, config)
     _METHODS[kind] = method
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered ``method.kind``, in registration order."""
+    return tuple(_METHODS)
 
 
 def method_class(kind: str) -> type[Method]:
