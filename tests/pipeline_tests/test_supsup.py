@@ -4,6 +4,7 @@ logits are bit-identical after later tasks; a task costs masks + head bytes, no 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -152,3 +153,47 @@ def test_a_store_with_tasks_and_no_base_is_refused(tmp_path: Path) -> None:
     method.model.add_task(3)
     with pytest.raises(StoreError, match="holds 1 task.* but no fixed backbone"):
         method.begin_task(1, store)
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_run_inspect_and_export_a_supsup_store(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A real run commits mask-only tasks over the base; `taskpack inspect` shows the base line
+    and zero own codes; `taskpack export` compiles the masked fixed backbone with TVM, whose
+    logits match the store's."""
+    from compilers import load_bundle
+    from pipeline.cli import main
+    from pipeline.data import build_stream
+    from pipeline.recipe import recipe_from_dict
+    from pipeline.runner import prepare, run_recipe
+
+    recipe = recipe_from_dict({
+        "name": "supsup-export", "output_dir": str(tmp_path / "runs"),
+        "method": {"kind": "supsup", "density": 0.3, "optimizer": "adam"},
+        "benchmark": {"stream": "permuted_mnist", "tasks": 2, "train_limit": 600,
+                      "test_limit": 200, "val_fraction": 0.2},
+        "model": {"arch": "mlp", "hidden": [32, 32], "head_bias": False},
+        "train": {"epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 100},
+        "targets": [{"name": "host", "backend": "tvm"}], "tracking": {"enabled": False}})
+    result = run_recipe(recipe)
+    assert result.bwt == 0.0 and all(a > 20.0 for a in result.matrix.final)
+    assert main(["inspect", str(result.store_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes"]["base"] > 0 and report["bytes"]["codes"] == 0
+    assert all(t["own"] == 0 and t["bytes"]["codebooks"] == 0 for t in report["tasks"])
+    assert main(["inspect", str(result.store_path)]) == 0
+    assert "base " in capsys.readouterr().out
+    out = tmp_path / "exports"
+    assert main(["export", str(result.store_path), "--all-tasks", "--target", "host",
+                 "--out", str(out)]) == 0
+    store = PackedStore.open(result.store_path)
+    x = build_stream(recipe.benchmark).load(0).test.x[:1]
+    model = prepare(recipe).model
+    for t in range(2):
+        model.add_task(10)
+        bundle = load_bundle(out / "host" / f"task-{t}")
+        assert bundle.manifest["task"] == t and bundle.manifest["numerics"]["passed"]
+        ref = snapshot_logits(model, committed_snapshot(store, t), t, x, 1)
+        got = bundle.run(x)
+        assert (got - ref).abs().max() / ref.abs().max() < 1e-4
