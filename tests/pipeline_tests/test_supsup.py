@@ -155,6 +155,16 @@ def test_a_store_with_tasks_and_no_base_is_refused(tmp_path: Path) -> None:
         method.begin_task(1, store)
 
 
+def test_search_is_refused_with_one_clear_line() -> None:
+    from pipeline.errors import RecipeError
+    from pipeline.recipe import recipe_from_dict
+
+    with pytest.raises(RecipeError, match="search.enabled needs a method whose tasks are "
+                       "compressed .* got 'supsup'"):
+        recipe_from_dict({"name": "s", "method": {"kind": "supsup"},
+                          "search": {"enabled": True}})
+
+
 @pytest.mark.slow
 @pytest.mark.tvm
 def test_run_inspect_and_export_a_supsup_store(tmp_path: Path,
