@@ -31,7 +31,7 @@ from pipeline.runner import RunResult, run_recipe  # noqa: E402
 from pipeline.tracking import NoopTracker, build_tracker  # noqa: E402
 
 POLICIES = ("split", "reuse_only")
-COMPONENTS = ("codes", "masks", "codebooks", "tensors", "metadata")
+COMPONENTS = ("codes", "masks", "codebooks", "tensors", "metadata", "base")
 
 
 def run(recipe_path: Path, overrides: list[str], track: bool, resume: bool = False) -> RunResult:

@@ -10,12 +10,14 @@ from pipeline.methods._base import CompressionPasses, MaskMode, Method, Phase, T
 from pipeline.methods._registry import build_method, method_class, method_names, register_method
 from pipeline.methods.exssnet import ExSSNeT
 from pipeline.methods.packnet import PackNet
+from pipeline.methods.supsup import SupSup
 from pipeline.methods.tsn import TSN
 from pipeline.methods.wsn import WSN
 
 __all__ = [
     "ExSSNeT",
     "PackNet",
+    "SupSup",
     "TSN",
     "WSN",
     "CompressionPasses",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,8 @@ class MaskMode:
 class Phase:
     """One stretch of training with its own optimizer.
 
-    ``epochs`` None means ``train.epochs``; ``lr`` None means ``train.lr``. Tensors a phase must
+    ``epochs`` None means ``train.epochs``; ``lr`` None means ``train.lr``; ``optimizer`` None
+    means ``train.optimizer``. Tensors a phase must
     not change belong in no group (or get their gradient zeroed in ``after_backward``). Give each
     phase new group dicts: an optimizer writes its lr into the dicts it is given, so a dict
     reused by a later phase would carry the earlier phase's (decayed) lr.
@@ -76,6 +77,7 @@ class Phase:
     mode: MaskMode = field(default_factory=MaskMode)
     epochs: int | None = None
     lr: float | None = None
+    optimizer: Literal["adam", "sgd", "rmsprop"] | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError, core_schema
 from pipeline.recipe._section import BITS, _Section
 
 __all__ = ["ExSSNeTMethod", "MethodConfig", "MethodField", "PackNetMethod", "PruneConfig",
-           "QuantizeConfig", "TSNMethod", "WSNMethod", "register_method_config"]
+           "QuantizeConfig", "SupSupMethod", "TSNMethod", "WSNMethod", "register_method_config"]
 
 
 class MethodConfig(_Section):
@@ -186,3 +186,19 @@ register_method_config("wsn", WSNMethod)
 register_method_config("tsn", TSNMethod)
 register_method_config("packnet", PackNetMethod)
 register_method_config("exssnet", ExSSNeTMethod)
+
+
+class SupSupMethod(MethodConfig):
+    """SupSup: a fixed random backbone of signed constants, never trained and stored once (the
+    store's ``base``); per task only scores are learned, and the task is its top-c mask over
+    that backbone plus its head (and per-task BN when the model has it)."""
+
+    kind: Literal["supsup"] = "supsup"
+    density: float = Field(default=0.1, gt=0, le=1,
+                           description="fraction of each layer's weights in a task's mask")
+    optimizer: Literal["adam", "rmsprop"] = Field(
+        default="rmsprop", description="optimizer of the scores and the head (SupSup: RMSProp "
+        "for the MNIST streams, Adam for Split CIFAR-100); its lr is train.lr")
+
+
+register_method_config("supsup", SupSupMethod)

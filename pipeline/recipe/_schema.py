@@ -89,7 +89,7 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Per-task training with early stopping on validation loss (WSN schedule)."""
 
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
     lr: float = Field(default=1e-3, gt=0, le=10)
     lr_min: float = Field(default=1e-6, gt=0, le=10)
     lr_factor: float = Field(default=2.0, gt=1, le=1000,

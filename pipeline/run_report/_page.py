@@ -101,7 +101,8 @@ def store(f: RunFiles) -> str:
              f"<span class='bar' style='width:{300 * r.bytes[c] / total:.0f}px'></span>"]
             for c in components]
     rows.append(["<b>file</b>", f"<b>{r.file_size:,}</b>", "100%", ""])
-    per_task = [[f"task {t.task}", *(f"{t.bytes[c]:,}" for c in components),
+    task_parts = [c for c in components if c != "base"]  # the base is no task's
+    per_task = [[f"task {t.task}", *(f"{t.bytes[c]:,}" for c in task_parts),
                  f"{t.bytes_total:,}", f"{t.density:.4f}", f"{t.union_density:.4f}"]
                 for t in r.tasks]
     return (f"<p>{r.num_tasks} task(s) in {r.file_size:,} bytes = "
@@ -110,10 +111,11 @@ def store(f: RunFiles) -> str:
             "once.</p>"
             + _table(["component", "bytes", "share", ""], rows)
             + "<h3>bytes by task</h3>"
-            + _table(["task", *components, "total", "density", "union density"], per_task)
+            + _table(["task", *task_parts, "total", "density", "union density"], per_task)
             + "<p class='note'>masks: which weights a task uses (compressed); codes: its own "
               "weights' bit codes; codebooks: their decoding tables; tensors: heads and other "
-              "per-task tensors; metadata: headers, the model section and section table. "
+              "per-task tensors; metadata: headers, the model section and section table; base: "
+              "a fixed backbone every task reads and none owns (SupSup's signed constants). "
               "<code>taskpack inspect</code> gives the same per layer.</p>")
 
 

@@ -1,4 +1,8 @@
-"""File format v1: fixed header, checksummed sections, JSON section table (docs/store-format.md).
+"""File format v2: fixed header, checksummed sections, JSON section table (docs/store-format.md).
+
+Version 2 added the optional ``base`` section (a fixed signed-constant backbone, _base.py); a
+version-1 file is a version-2 file without it, so both are read, and a commit to a version-1
+store writes version 2.
 
 Layout: ``[header 40 B][section 0][section 1]...[section n-1][table]``. Sections tile the bytes
 between the header and the table with no gap; the table sits at the end so a commit appends the new
@@ -17,7 +21,8 @@ from typing import Any, NamedTuple
 from pipeline.errors import StoreError
 
 MAGIC = b"TPKSTORE"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # magic, version, header size, table offset, table length, table crc32, header crc32
 _HEADER = struct.Struct("<8sIIQQII")
 HEADER_SIZE = _HEADER.size  # 40
@@ -74,10 +79,10 @@ def parse_file(data: bytes, where: str) -> list[Section]:
     magic, version, hsize, t_off, t_len, t_crc, h_crc = _HEADER.unpack_from(data, 0)
     if magic != MAGIC:
         raise StoreError(f"{where}: a store must start with {MAGIC!r}, found {magic!r}")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise StoreError(
             f"{where}: store format version {version} is not supported; this taskpack reads "
-            f"version {VERSION}"
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     if crc32(data[: HEADER_SIZE - 4]) != h_crc:
         raise StoreError(f"{where}: the header checksum must match, found a mismatch (corrupt)")
@@ -116,6 +121,11 @@ def parse_file(data: bytes, where: str) -> list[Section]:
             f"{where}: sections must fill the file up to the table at {t_off}, found {expect}"
         )
     return sections
+
+
+def file_version(data: bytes) -> int:
+    """The format version in a header that ``parse_file`` accepted."""
+    return int(_HEADER.unpack_from(data, 0)[1])
 
 
 def parse_json_section(buf: bytes | memoryview, name: str) -> dict[str, Any]:

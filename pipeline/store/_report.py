@@ -1,8 +1,9 @@
 """Store report: real bytes of the file per task, layer and component.
 
 Every byte of the file is counted exactly once: a task's masks, codes, codebooks and tensors
-sections by component (and, inside them, per layer), its meta section as metadata, and the header,
-the model section and the section table as store-level metadata. So the components always add up
+sections by component (and, inside them, per layer), its meta section as metadata, the ``base``
+section (a fixed backbone no task owns, when there is one) as ``base``, and the header, the model
+section and the section table as store-level metadata. So the components always add up
 to the file size, which is the capacity figure TSN's public code only estimates.
 """
 
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pipeline.store._codec import TaskState
 
-COMPONENTS = ("codes", "masks", "codebooks", "tensors", "metadata")
+COMPONENTS = ("codes", "masks", "codebooks", "tensors", "metadata", "base")
+_TASK_COMPONENTS = COMPONENTS[:4]  # a task's data sections, by name
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,11 @@ class StoreReport:
     bytes: dict[str, int] = field(default_factory=dict)  # totals by component
 
     @property
+    def has_base(self) -> bool:
+        """Whether the file holds a fixed backbone (its ``base`` section)."""
+        return self.bytes.get("base", 0) > 0
+
+    @property
     def ratio_to_dense_fp32(self) -> float:
         return self.file_size / (4 * self.positions) if self.positions else math.inf
 
@@ -96,6 +103,7 @@ def build_report(
     tasks: list[TaskState],
     lengths: dict[str, int],
     file_size: int,
+    base_bytes: int = 0,
 ) -> StoreReport:
     sizes = {name: math.prod(shape) for name, shape in layers.items()}
     n_total = sum(sizes.values())
@@ -125,7 +133,7 @@ def build_report(
                     mask_bits_per_position=8 * ls.nbytes["masks"] / n if n else 0.0,
                 )
             )
-        comp = {c: lengths[f"task/{ts.task}/{c}"] for c in COMPONENTS[:-1]}
+        comp = {c: lengths[f"task/{ts.task}/{c}"] for c in _TASK_COMPONENTS}
         comp["metadata"] = lengths[f"task/{ts.task}/meta"]
         for c, v in comp.items():
             totals[c] += v
@@ -143,6 +151,7 @@ def build_report(
                 bytes=comp,
             )
         )
+    totals["base"] = base_bytes
     # Header, model section and section table: everything not inside a task's data sections.
     totals["metadata"] += file_size - sum(totals.values())
     return StoreReport(
@@ -174,7 +183,13 @@ def format_report(report: StoreReport, as_json: bool = False) -> str:
         f"{report.num_tasks} tasks, {report.positions} positions, union density "
         f"{report.union_density:.4f}, file {report.file_size} B = "
         f"{report.ratio_to_dense_fp32:.4f} x dense fp32",
-        "  ".join(f"{c} {_fmt_bytes(report.bytes[c])}" for c in COMPONENTS),
+        "  ".join(f"{c} {_fmt_bytes(report.bytes[c])}" for c in COMPONENTS if c != "base"),
+    ]
+    lines.append(
+        f"base {report.bytes['base']} B (a fixed signed-constant backbone every task reads and "
+        "none owns: 1 sign bit per position + one fp32 scale per layer)" if report.has_base
+        else "base none (every value a task reads is a code some task owns)")
+    lines += [
         "",
         f"{'task':>4} {'layer':<24} {'density':>8} {'shared':>9} {'own':>9} {'split':>7} "
         f"{'bits':>4} {'k':>5} {'codes':>9} {'masks':>9} {'cbook':>7} {'b/own':>6}",

@@ -19,6 +19,7 @@ import torch
 
 from pipeline._atomic import atomic_write
 from pipeline.errors import PipelineError, StoreError
+from pipeline.store._base import BASE_BITS, base_size, decode_base, encode_base
 from pipeline.store._codec import (
     TASK_PARTS,
     TaskCommit,
@@ -32,6 +33,7 @@ from pipeline.store._format import (
     Section,
     build_file,
     canonical_json,
+    file_version,
     parse_file,
     parse_json_section,
 )
@@ -57,13 +59,18 @@ class PackedStore:
             raise StoreError(f"section 'model' must hold the v1 fields, found {exc!r}") from None
         if any(min(shape, default=0) < 0 for shape in self._layers.values()):
             raise StoreError(f"section 'model' must hold shapes >= 0, found {self._layers}")
-        self._tasks: list[TaskState] = []
-        self._union = {n: np.zeros(math.prod(s), bool) for n, s in self._layers.items()}
-        self._used = {n: np.zeros(math.prod(s), np.uint8) for n, s in self._layers.items()}
-        self._current = {n: np.zeros(math.prod(s), np.float32) for n, s in self._layers.items()}
         names = [s.name for s in sections]
-        n_tasks = (len(names) - 1) // len(TASK_PARTS)
-        expect = ["model"] + [f"task/{t}/{p}" for t in range(n_tasks) for p in TASK_PARTS]
+        head = ["model"]
+        self._base: dict[str, np.ndarray] | None = None
+        if names[1:2] == ["base"]:
+            if file_version(data) < 2:
+                raise StoreError("a 'base' section needs store format version 2 or later, "
+                                 f"found version {file_version(data)}")
+            self._base = decode_base(self._section("base"), self._layers)
+            head.append("base")
+        self._reset_state()
+        n_tasks = (len(names) - len(head)) // len(TASK_PARTS)
+        expect = head + [f"task/{t}/{p}" for t in range(n_tasks) for p in TASK_PARTS]
         if names != expect:
             raise StoreError(f"sections must be {expect[:7]}..., found {names[:7]}...")
         for t in range(n_tasks):
@@ -72,6 +79,19 @@ class PackedStore:
             )
             apply_task(state, self._layers, self._union, self._used, self._current, self._budget)
             self._tasks.append(state)
+
+    def _reset_state(self) -> None:
+        """The running state before task 0: M_{-1}, used bits and latest values are empty, or,
+        with a base, every position holds the base's value and its sign bit."""
+        self._tasks: list[TaskState] = []
+        self._union = {n: np.zeros(math.prod(s), bool) for n, s in self._layers.items()}
+        self._used = {n: np.zeros(math.prod(s), np.uint8) for n, s in self._layers.items()}
+        self._current = {n: np.zeros(math.prod(s), np.float32) for n, s in self._layers.items()}
+        if self._base is not None:
+            for n, values in self._base.items():
+                self._union[n][:] = True
+                self._used[n][:] = BASE_BITS
+                self._current[n][:] = values
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
@@ -130,7 +150,38 @@ class PackedStore:
             )
         return store
 
+    def set_base(self, weights: dict[str, torch.Tensor]) -> None:
+        """Write the fixed backbone every task reads and none owns (``weights``: name -> a
+        signed-constant float32 tensor per store layer), before the first task. Every position
+        then holds the base's value (it is in M_{-1}) and its sign takes ``BASE_BITS`` of the
+        position's budget; a task that only masks the base commits no own codes."""
+        if self._base is not None or self.num_tasks:
+            raise StoreError(f"a base can only be set on a store with no base and no tasks, "
+                             f"found {'a base' if self._base is not None else 'tasks'}")
+        payload = encode_base(weights, self._layers)
+        prefix = memoryview(self._data)[
+            HEADER_SIZE : self._sections[-1].offset + self._sections[-1].length
+        ]
+        data, sections = build_file(prefix, self._sections, [("base", payload)])
+        self._check_unchanged_on_disk()
+        _atomic_write(self._path, data)
+        self._set_file(data, sections)
+        self._base = decode_base(self._section("base"), self._layers)
+        self._reset_state()
+
     # ------------------------------------------------------------------------------- properties
+    @property
+    def has_base(self) -> bool:
+        """Whether the store holds a fixed backbone (a ``base`` section)."""
+        return self._base is not None
+
+    def base_weights(self) -> dict[str, torch.Tensor] | None:
+        """The base's dense fp32 weights per layer, or None when the store has no base."""
+        if self._base is None:
+            return None
+        return {n: torch.from_numpy(v.reshape(self._layers[n]).copy())
+                for n, v in self._base.items()}
+
     @property
     def path(self) -> Path:
         return self._path
@@ -238,7 +289,8 @@ class PackedStore:
         out: dict[str, torch.Tensor] = {}
         for name, shape in self._layers.items():
             n = math.prod(shape)
-            latest = np.zeros(n, np.float32)  # value of the latest code of tasks < task
+            # value of the latest code of tasks < task (the base's where none wrote one)
+            latest = np.zeros(n, np.float32) if self._base is None else self._base[name].copy()
             for s in range(task):
                 ls = self._tasks[s].layers[name]
                 if ls.own_count:
@@ -267,7 +319,7 @@ class PackedStore:
     def union_mask(self, upto: int | None = None) -> dict[str, torch.Tensor]:
         """M_upto: positions holding a code of any task <= ``upto`` (all tasks when None).
 
-        ``upto=-1`` gives M_{-1}, all False (what task 0 sees).
+        ``upto=-1`` gives M_{-1} (what task 0 sees): all False, or all True with a base.
         """
         if upto is None or upto == self.num_tasks - 1:
             return {
@@ -279,7 +331,7 @@ class PackedStore:
         out = {}
         for name, shape in self._layers.items():
             n = math.prod(shape)
-            acc = np.zeros((n + 7) // 8, np.uint8)
+            acc = np.full((n + 7) // 8, 0 if self._base is None else 255, np.uint8)
             for s in range(upto + 1):
                 acc |= self._tasks[s].layers[name].own
             out[name] = torch.from_numpy(np.unpackbits(acc, count=n).astype(bool).reshape(shape))
@@ -314,6 +366,7 @@ class PackedStore:
             tasks=self._tasks,
             lengths=lengths,
             file_size=len(self._data),
+            base_bytes=base_size(self._layers) if self._base is not None else 0,
         )
 
     def __repr__(self) -> str:

@@ -62,6 +62,20 @@ class TestPlanCompressor(CompressorContract):
             assert torch.equal(out.layers[name].values, m.weight.detach())
 
 
+class TestPlanCompressorOnSupSup(CompressorContract):
+    """A method whose tasks only mask the store's base: nothing own to compress, all shared."""
+
+    method: ClassVar[dict] = {"kind": "supsup", "density": 0.3}
+
+    def make(self, recipe) -> Compressor:  # noqa: ANN001
+        return PlanCompressor()
+
+    def test_masks_only_reach_the_store(self, tmp_path) -> None:  # noqa: ANN001
+        s, ctx = self._session(tmp_path)
+        out = self.make(s.recipe).compress(s, ctx)
+        assert s.store.has_base and all(not r.own.any() for r in out.layers.values())
+
+
 def test_compressor_is_abstract() -> None:
     with pytest.raises(TypeError):
         Compressor()  # type: ignore[abstract]

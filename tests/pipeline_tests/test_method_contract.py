@@ -154,6 +154,10 @@ class TestExSSNeT(MethodContract):
     method = {"kind": "exssnet", "density": 0.3, "kkt": True, "kkt_k": 20}
 
 
+class TestSupSup(MethodContract):
+    method = {"kind": "supsup", "density": 0.3, "optimizer": "adam"}
+
+
 # ---- a method that exists only here, registered like any other --------------------------------
 class FirstTaskConfig(MethodConfig):
     kind: Literal["test-first-task"] = "test-first-task"

@@ -399,9 +399,10 @@ def test_trailing_bytes(handmade: PackedStore) -> None:
 
 def test_unknown_version(handmade: PackedStore) -> None:
     data = bytearray(handmade.path.read_bytes())
-    data[8:12] = struct.pack("<I", 2)
+    data[8:12] = struct.pack("<I", 3)
     handmade.path.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match="format version 2 is not supported; .* reads version 1"):
+    with pytest.raises(StoreError, match="format version 3 is not supported; .* reads versions "
+                       "1, 2"):
         PackedStore.open(handmade.path)
 
 
