@@ -96,7 +96,10 @@ class SearchCompressor(Compressor):
             lr=recipe.train.lr / 10, batch_size=recipe.train.batch_size,
             seed=recipe.train.seed + t, quant_fallback=tuple(narrow) or (8,),
             labels_fn=self._labels(self.target_cfg, s.model.layer_shapes()),
-            target=describe_target(self.target_cfg))
+            target=describe_target(self.target_cfg),
+            run_tags={"taskpack.task": str(t), "taskpack.task_name": ctx.task.name,
+                      "taskpack.target": self.target_cfg.name,
+                      "taskpack.method": recipe.method.kind})
         folder = s.run_dir / "search"
         # workers (taskpack search --worker) start from the published task
         outcome = search_task(problem, cfg, space, ctx.run, folder / f"task-{t}.journal",
