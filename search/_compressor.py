@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from pipeline.compress import (
     CompressContext,
     Compressed,
@@ -22,6 +24,8 @@ from search._space import previous_plan, resolve_space
 from search.objectives import resolve
 
 __all__ = ["SearchCompressor"]
+
+log = logging.getLogger(__name__)
 
 
 def describe_target(cfg: TargetConfig) -> str:
@@ -73,6 +77,34 @@ class SearchCompressor(Compressor):
         from search._study import studies_of
 
         return delete_studies(self.recipe.search, studies_of(self.recipe))
+
+    def resume_trained(self, session: Session, task: int) -> bool:
+        """A run interrupted while it searched ``task`` left the task's trained state
+        (``search/task-K-trained.npz``); load it instead of training the task again. The
+        search then continues its study where it stopped."""
+        from search._publish import load_published, published_paths
+        from search._study import finished_trials, study_name
+
+        if self.worker:
+            return False
+        path, meta = published_paths(session.run_dir, task)
+        if not (path.is_file() and meta.is_file()):
+            return False
+        try:
+            weights = load_published(path)[0]
+            session.model.load_state_dict(weights)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("task %d: %s cannot be reused (%s); training the task again", task,
+                        path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return False
+        cfg = self.recipe.search
+        done = finished_trials(cfg, path.parent / f"task-{task}.journal",
+                               study_name(self.recipe, task))
+        at = (f"after trial {done - 1} ({done} of {cfg.trials} trials done)" if done
+              else "before its first trial")
+        log.info("resuming task %d %s, reusing the trained checkpoint %s (not training it "
+                 "again)", task, at, path)
+        return True
 
     def compress(self, session: Session, ctx: TaskContext) -> Compressed:
         from search._driver import search_task

@@ -23,12 +23,13 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.recipe import Recipe
+from pipeline.recipe import Recipe, SearchConfig
 from pipeline.tracking import Run
 from search._storage import StaleCallback, ask, beat_once, has_heartbeat
 from search.objectives import directions
@@ -150,6 +151,22 @@ def finished(study) -> int:
     """Trials that count toward the budget: complete or genuinely failed, not interrupted."""
     skipped = interrupted_numbers(study)
     return sum(_counted(t, skipped) for t in study.get_trials(deepcopy=False))
+
+
+def finished_trials(cfg: SearchConfig, journal: Path, name: str) -> int:
+    """Finished trials (as ``finished``) of study ``name`` in ``cfg.storage`` or the journal
+    file; 0 when it does not exist yet."""
+    from search._storage import close_storage, open_storage
+
+    if not cfg.storage and not journal.exists():
+        return 0
+    storage = open_storage(cfg, journal)
+    try:
+        return finished(optuna.load_study(study_name=name, storage=storage))
+    except KeyError:  # no such study
+        return 0
+    finally:
+        close_storage(storage)
 
 
 def claimed(study) -> int:

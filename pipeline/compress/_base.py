@@ -36,3 +36,10 @@ class Compressor(ABC):
     @abstractmethod
     def compress(self, session: Session, ctx: TaskContext) -> Compressed:
         """Compress task ``ctx.index`` of ``session``."""
+
+    def resume_trained(self, session: Session, task: int) -> bool:
+        """Called before task ``task`` trains (its head added, ``begin_task`` done): restore the
+        live model as it was right after an interrupted run trained the task, from a
+        checkpoint this compressor kept, and return True (the task is then not trained again);
+        False to train as usual (the default)."""
+        return False
