@@ -50,7 +50,8 @@ def commit_task(s: Session, task: Task, compressed: Compressed,
     """Write the task into the packed store (atomically; the file is complete or untouched)."""
     meta: dict[str, str | int | float | bool] = {
         "name": task.name, "num_classes": task.num_classes,
-        **{k: float(v) for k, v in compressed.stats.items() if k.startswith("acc_")}}
+        **{k: float(v) for k, v in compressed.stats.items() if k.startswith("acc_")},
+        **compressed.meta}
     s.store.commit(host_commit(task.index, compressed.layers, tensors, meta))
 
 

@@ -56,7 +56,7 @@ class SearchCompressor(Compressor):
         self.recipe = recipe
         self.worker = worker
         self.target_cfg = find_target(recipe, recipe.search.target)
-        cache_dir = recipe.output_dir.parent / "tvm-cache"
+        cache_dir = recipe.tuning_dir
         self.latency_fn = latency_fn or compiled_latency(self.target_cfg, cache_dir)
         self._labels = realizability_labels
 
@@ -147,4 +147,9 @@ class SearchCompressor(Compressor):
         load_task_tensors(s.model, tensors)
         stats = {"acc_val_trained": reference, "acc_val_quantized": acc, **outcome.stats,
                  **summarize(layers)}
-        return Compressed(layers, stats)
+        meta: dict[str, str | float] = {f"pattern/{n}": str(p.pattern)
+                                        for n, p in outcome.plans.items()}
+        latency = outcome.stats.get("search_chosen_latency_ms")
+        if latency is not None and latency == latency:  # not NaN
+            meta |= {"latency_ms": float(latency), "latency_target": self.target_cfg.name}
+        return Compressed(layers, stats, meta)

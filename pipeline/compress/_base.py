@@ -23,6 +23,9 @@ class Compressed:
 
     layers: dict[str, LayerResult]
     stats: dict[str, float] = field(default_factory=dict)
+    # recorded with the task in the store (``taskpack inspect`` shows them): ``pattern/<layer>``
+    # per layer; ``latency_ms`` and ``latency_target`` when the compressor measured one
+    meta: dict[str, str | float] = field(default_factory=dict)
 
 
 class Compressor(ABC):

@@ -345,6 +345,16 @@ class Recipe(_Section):
     output_dir: RecipePath = Field(default=Path("mlruns/runs"),
                                    description="run folders go here: a directory, or a path "
                                                "that can be created as one")
+    tuning_cache: RecipePath = Field(
+        default=Path("~/.cache/taskpack/tuning"),
+        description="TVM tuning database (MetaSchedule records, keyed by workload and target): "
+                    "shared by every run and export that names it, so a run with another "
+                    "output_dir does not start cold; `~` is the user's home")
+
+    @property
+    def tuning_dir(self) -> Path:
+        """``tuning_cache`` with ``~`` expanded: where compiled builds find their tuning."""
+        return self.tuning_cache.expanduser()
 
     @field_validator("output_dir")
     @classmethod
