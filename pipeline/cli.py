@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=EXPORTS_DIR,
                    help="folder for the bundles, one per target and task (default: %(default)s)")
 
+    p = sub.add_parser("dashboard", help="open optuna-dashboard on the run's search studies",
+                       epilog="example: taskpack dashboard recipes/quickstart.yaml --task 1")
+    _add_recipe_args(p)
+    p.add_argument("--task", type=int, default=None,
+                   help="the task whose study to show, with the default journal storage "
+                        "(default: the latest; an RDB search.storage shows every task)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080,
+                   help="port to serve on; 0 picks a free one (default: %(default)s)")
+
     p = sub.add_parser("data", help="data sets")
     dsub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     f = dsub.add_parser("fetch", help="fetch a data set into the cache (no network at run time)")
@@ -215,6 +226,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.recipe import load_recipe
+    from pipeline.runner import run_dir_for
+    from search._dashboard import dashboard_storage, serving
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    found = dashboard_storage(recipe, run_dir_for(recipe), args.task)
+    with serving(found.storage, args.host, args.port) as server:
+        print(f"optuna-dashboard on {found.where}: http://{args.host}:{server.server_port}/ "
+              "(Ctrl-C stops it)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("dashboard stopped")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from pipeline.data import fetch
 
@@ -234,7 +265,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "search": cmd_search,
             "inspect": cmd_inspect,
-            "export": cmd_export, "data": cmd_data, "schema": cmd_schema}
+            "export": cmd_export, "dashboard": cmd_dashboard, "data": cmd_data,
+            "schema": cmd_schema}
 
 
 def _setup_logging(verbose: bool) -> None:

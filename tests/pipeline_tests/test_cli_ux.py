@@ -64,29 +64,32 @@ def test_export_target_typo_gets_a_suggestion(tmp_path: Path) -> None:
 
 
 def test_the_run_starts_by_saying_where_everything_goes(tmp_path: Path) -> None:
-    recipe = load_recipe(QUICKSTART, [f"output_dir={tmp_path / 'out'}"])
+    recipe = load_recipe(QUICKSTART, [f"output_dir={tmp_path / 'out'}",
+                                      f"tuning_cache={tmp_path / 'tuning'}"])
     line = where_line(recipe)
     assert f"outputs: {tmp_path / 'out' / 'quickstart'}" in line
-    assert f"tuning cache: {Path.home() / '.cache/taskpack/tuning'}" in line
+    assert f"tuning cache: {tmp_path / 'tuning'}" in line
     assert "exports: mlruns/exports" in line and "MLflow: sqlite:///mlruns/mlflow.db" in line
     assert "MLflow" not in where_line(recipe, tracking=False)
 
 
-def test_the_tuning_cache_does_not_follow_output_dir(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_tuning_cache_is_shared_and_does_not_follow_output_dir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import search._latency
     from search import SearchCompressor
 
     seen: list[Path] = []
     monkeypatch.setattr(search._latency, "compiled_latency",
                         lambda target, cache_dir: seen.append(cache_dir))
+    monkeypatch.delenv("TASKPACK_TUNING")  # the default a user gets
     for out in ("a", "b"):  # two runs in different places share one tuning database
         SearchCompressor(load_recipe(QUICKSTART, [f"output_dir={tmp_path / out}"]))
+    monkeypatch.setenv("TASKPACK_TUNING", str(tmp_path / "env"))
+    SearchCompressor(load_recipe(QUICKSTART))
     SearchCompressor(load_recipe(QUICKSTART, [f"tuning_cache={tmp_path / 'own'}"]))
-    assert seen == [Path.home() / ".cache/taskpack/tuning"] * 2 + [tmp_path / "own"]
-    # written into the run's resolved recipe, so a replay uses the same cache
-    recipe = load_recipe(QUICKSTART)
-    assert recipe.tuning_cache == Path("~/.cache/taskpack/tuning")
+    assert seen == [Path.home() / ".cache/taskpack/tuning"] * 2 + [tmp_path / "env",
+                                                                   tmp_path / "own"]
+    assert load_recipe(QUICKSTART, ["tuning_cache=~/t"]).tuning_dir == Path.home() / "t"
 
 
 def test_log_lines_print_above_live_bars() -> None:
