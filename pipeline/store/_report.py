@@ -212,7 +212,7 @@ def format_report(report: StoreReport, as_json: bool = False, legend: bool = Tru
                 f"{lr.bytes_codes:>9} {lr.bytes_masks:>9} {lr.bytes_codebooks:>7} "
                 f"{lr.bits_per_own_weight:>6.2f}"
             )
-        name = f" {t.meta['name']}" if "name" in t.meta else ""
+        name = f", name {t.meta['name']}" if "name" in t.meta else ""
         lines.append(
             f"{t.task:>4} {'(task total)':<24} {t.density:>8.4f} {t.shared:>9} {t.own:>9} "
             f"{'':>7} {'':>4} {'':>5} {'':>12} {t.bytes['codes']:>9} {t.bytes['masks']:>9} "

@@ -161,6 +161,9 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path: Path
     resumed = _cli(tmp_path / "killed")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
+    # task 0 is not trained again: its search continues from the published trained state
+    assert (f"resuming task 0 after trial {len(before) - 1} ({len(before)} of 4 trials done), "
+            f"reusing the trained checkpoint {run_dir / 'search/task-0-trained.npz'}") in err
     after = _complete(journal)
     assert after[: len(before)] == before  # nothing lost
     assert len(after) == 4  # finished trials not repeated; an interrupted one is re-asked
