@@ -42,10 +42,11 @@ def dashboard_storage(recipe: Recipe, run_dir: Path, task: int | None = None) ->
     """The storage holding the run's studies: ``search.storage`` if set, else task ``task``'s
     journal (default: the highest-numbered one). InputError when there is none yet."""
     if recipe.search.storage:
-        from search._storage import _shown, rdb_url
+        from search._storage import _rdb, _shown, rdb_url
 
-        url = rdb_url(recipe.search.storage)
-        return DashboardStorage(optuna.storages.RDBStorage(url), _shown(url))
+        # the run's own opener: a missing driver or a dead server is one line, exit 2
+        return DashboardStorage(_rdb(recipe.search.storage, recipe.search, None),
+                                _shown(rdb_url(recipe.search.storage)))
     folder = run_dir / "search"
     found = sorted((int(m[1]), p) for p in (folder.glob("task-*.journal") if folder.is_dir()
                                             else ()) if (m := _JOURNAL.fullmatch(p.name)))
