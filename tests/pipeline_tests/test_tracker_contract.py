@@ -130,3 +130,33 @@ def test_artifacts_outside_the_tracking_folder_stay_absolute(tmp_path: Path) -> 
     assert relative_location(uri, str(tmp_path / "other")) is None
     assert relative_location("http://server:5000", "mlruns/artifacts") is None
     assert relative_location(uri, "s3://bucket/x") is None
+
+
+def test_plain_mlflow_reads_moved_artifacts_through_the_entry_point(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """What `mlflow ui` does: a process that never imports taskpack finds the scheme through
+    the ``mlflow.artifact_repository`` entry point (installed by ``pip install -e .``)."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    from pipeline.tracking._mlflow import MlflowTracker
+
+    if not any(e.name == "taskpack-mlruns"
+               for e in entry_points(group="mlflow.artifact_repository")):
+        pytest.skip("taskpack's entry points are not installed in this environment "
+                    "(pip install -e . installs them)")
+    monkeypatch.chdir(tmp_path)
+    tracker = MlflowTracker("sqlite:///mlruns/mlflow.db", "taskpack", "mlruns/artifacts")
+    run = tracker.start("recipe")
+    (tmp_path / "report.html").write_text("<html></html>")
+    run.log_artifact(tmp_path / "report.html")
+    run.end()
+    (tmp_path / "mlruns").rename(tmp_path / "moved")
+    code = ("from mlflow.tracking import MlflowClient; "
+            f"c = MlflowClient('sqlite:///{tmp_path / 'moved/mlflow.db'}'); "
+            f"print([a.path for a in c.list_artifacts('{run.run_id}')])")
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['report.html']"
