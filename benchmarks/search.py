@@ -69,7 +69,7 @@ def main() -> int:
                             compressor=SearchCompressor(recipe))
     target_cfg = find_target(recipe, recipe.search.target)
     target, tvm = to_target(target_cfg), get_compiler("tvm")
-    cache = recipe.output_dir.parent / "tvm-cache"
+    cache = recipe.tuning_dir
     store = PackedStore.open(result.store_path)
     report = store.report()
     model = prepare(recipe).model  # same architecture; weights come from the store

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
-from pipeline.errors import InputError, TaskpackError
+from pipeline.errors import InputError, TaskpackError, did_you_mean
 
 log = logging.getLogger("taskpack")
+EXPORTS_DIR = Path("mlruns/exports")  # `taskpack export --out` default
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,6 +22,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
+        choice = re.match(r"argument .*: invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        if choice:  # e.g. `taskpack exprot`: suggest the closest command
+            message += did_you_mean(choice[1], re.findall(r"'?([^',\s]+)'?", choice[2]))
         raise InputError(f"{self.prog}: {message}")
 
 
@@ -67,8 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="a target of the recipe, or host / aarch64")
     p.add_argument("--recipe", type=Path, default=None,
                    help="the run's recipe (default: recipe.yaml beside the store)")
-    p.add_argument("--out", type=Path, default=Path("mlruns/exports"),
+    p.add_argument("--out", type=Path, default=EXPORTS_DIR,
                    help="folder for the bundles, one per target and task (default: %(default)s)")
+
+    p = sub.add_parser("dashboard", help="open optuna-dashboard on the run's search studies",
+                       epilog="example: taskpack dashboard recipes/quickstart.yaml --task 1")
+    _add_recipe_args(p)
+    p.add_argument("--task", type=int, default=None,
+                   help="the task whose study to show, with the default journal storage "
+                        "(default: the latest; an RDB search.storage shows every task)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080,
+                   help="port to serve on; 0 picks a free one (default: %(default)s)")
 
     p = sub.add_parser("data", help="data sets")
     dsub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -111,6 +127,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def where_line(recipe, tracking: bool = True) -> str:  # noqa: ANN001
+    """The line a run starts with: where its outputs, the tuning cache and exports go."""
+    from pipeline.runner import run_dir_for
+
+    parts = [f"outputs: {run_dir_for(recipe)}", f"tuning cache: {recipe.tuning_dir}",
+             f"exports: {EXPORTS_DIR} (taskpack export)"]
+    if tracking and recipe.tracking.enabled:
+        parts.append(f"MLflow: {recipe.tracking.uri}")
+    return "; ".join(parts)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -122,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
+    print(where_line(recipe, tracking=not args.no_track), file=sys.stderr)
     compressor = None  # the runner's default: the recipe's plan through the method's passes
     if recipe.search.enabled:
         from search import SearchCompressor
@@ -198,6 +226,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.recipe import load_recipe
+    from pipeline.runner import run_dir_for
+    from search._dashboard import dashboard_storage, serving
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    found = dashboard_storage(recipe, run_dir_for(recipe), args.task)
+    with serving(found.storage, args.host, args.port) as server:
+        print(f"optuna-dashboard on {found.where}: http://{args.host}:{server.server_port}/ "
+              "(Ctrl-C stops it)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("dashboard stopped")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from pipeline.data import fetch
 
@@ -217,7 +265,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "search": cmd_search,
             "inspect": cmd_inspect,
-            "export": cmd_export, "data": cmd_data, "schema": cmd_schema}
+            "export": cmd_export, "dashboard": cmd_dashboard, "data": cmd_data,
+            "schema": cmd_schema}
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Log lines through the console the progress bars use (printed above live bars)."""
+    from pipeline.progress import ConsoleHandler
+
+    handler = ConsoleHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # a no-op where the root logger has handlers already (pytest's capture, an embedding app)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging(args.verbose)
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "tvm", "compilers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

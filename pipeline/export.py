@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from pipeline.data import build_stream
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import InputError, PipelineError, did_you_mean
 from pipeline.evaluation import committed_snapshot
 from pipeline.models import build_model, model_fingerprint
 from pipeline.recipe import Recipe, TargetConfig, load_recipe
@@ -38,7 +38,8 @@ def resolve_target(recipe: Recipe, name: str) -> TargetConfig:
     if name in BUILTIN_TARGETS:
         return BUILTIN_TARGETS[name]
     raise InputError(f"--target {name!r} is neither a target of the recipe "
-                     f"{[t.name for t in recipe.targets]} nor one of {sorted(BUILTIN_TARGETS)}")
+                     f"{[t.name for t in recipe.targets]} nor one of {sorted(BUILTIN_TARGETS)}"
+                     + did_you_mean(name, [*(t.name for t in recipe.targets), *BUILTIN_TARGETS]))
 
 
 def store_task_modules(store_path: Path, tasks: list[int] | None = None,
@@ -83,7 +84,7 @@ def export_tasks(store_path: Path, tasks: list[int] | None, target_name: str,
             folders.append(export_bundle(
                 module, example, to_target(target_cfg), out, task=t, store_hash=digest,
                 transforms=tuple(target_cfg.transforms), tune_trials=target_cfg.tune_trials,
-                cache_dir=recipe.output_dir.parent / "tvm-cache"))
+                cache_dir=recipe.tuning_dir))
         except CompilerError as exc:
             raise PipelineError(f"task {t}, target {target_name}: {exc}") from exc
     return folders

@@ -1,8 +1,12 @@
-"""Progress bars for loops a person waits for; silent when stderr is not a terminal."""
+"""Progress bars for loops a person waits for; silent when stderr is not a terminal.
+
+Log lines go through the same rich console as the bars (``ConsoleHandler``, installed by the
+CLI), so a line logged while a bar is live is printed above the bars instead of through them.
+"""
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,18 +21,37 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+CONSOLE = Console(stderr=True)  # the one console of a process: bars and log lines
+
+
+class ConsoleHandler(logging.Handler):
+    """A logging handler that prints through a rich console (by default ``CONSOLE``), as plain
+    text (no markup, no highlighting), so it shares the screen with live progress bars."""
+
+    def __init__(self, console: Console | None = None, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.console = console or CONSOLE
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), markup=False, highlight=False,
+                               emoji=False, soft_wrap=True)
+        except Exception:  # logging must never raise into the caller
+            self.handleError(record)
+
 
 class Bars:
     """A thin wrapper over ``rich.progress.Progress`` with an on/off switch."""
 
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    def __init__(self, enabled: bool | None = None, console: Console | None = None) -> None:
+        console = console or CONSOLE
+        self.enabled = console.is_terminal if enabled is None else enabled
         self._progress: Progress | None = None
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=False,
+                console=console, transient=False,
             )
 
     def __enter__(self) -> Bars:

@@ -183,7 +183,7 @@ def _one_task(s: Session, t: int, name: str, result: RunResult, child: Run, bars
     task = s.load_task(t)
     s.tests.append(task.test)
     baseline = baseline_accuracy(s, task)
-    report, before = stage_train(s, task, bars)
+    report, before = stage_train(s, task, bars, compressor.resume_trained)
     masks = s.method.end_task(t)
     compressed = compressor.compress(s, TaskContext(task, masks, bars, child))
     save_state_before_commit(s, t + 1)

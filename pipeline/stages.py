@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from pipeline.compress import Compressed, host_commit
@@ -28,13 +30,18 @@ def baseline_accuracy(s: Session, task: Task) -> float:
     return evaluate_live(s.scratch, task.index, task.test, s.recipe.train.eval_batch_size)[0]
 
 
-def stage_train(s: Session, task: Task, bars: Bars) -> tuple[TrainReport, float]:
-    """Add the task's head, measure accuracy before training (FWT), train."""
+def stage_train(s: Session, task: Task, bars: Bars,
+                resume: Callable[[Session, int], bool] | None = None,
+                ) -> tuple[TrainReport | None, float]:
+    """Add the task's head, measure accuracy before training (FWT), train; unless ``resume``
+    restores the task as trained by an interrupted run (the report is then None)."""
     _seed_task(s, task.index)
     s.model.add_task(task.num_classes)
     s.method.begin_task(task.index, s.store, task)
     s.method.eval_mode(task.index).apply(s.model)
     before = evaluate_live(s.model, task.index, task.test, s.recipe.train.eval_batch_size)[0]
+    if resume is not None and resume(s, task.index):
+        return None, before
     return train_task(s.method, task.index, task, s.recipe.train, bars, s.device), before
 
 
@@ -43,7 +50,8 @@ def commit_task(s: Session, task: Task, compressed: Compressed,
     """Write the task into the packed store (atomically; the file is complete or untouched)."""
     meta: dict[str, str | int | float | bool] = {
         "name": task.name, "num_classes": task.num_classes,
-        **{k: float(v) for k, v in compressed.stats.items() if k.startswith("acc_")}}
+        **{k: float(v) for k, v in compressed.stats.items() if k.startswith("acc_")},
+        **compressed.meta}
     s.store.commit(host_commit(task.index, compressed.layers, tensors, meta))
 
 

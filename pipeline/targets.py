@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compilers import Target
-from pipeline.errors import RecipeError
+from pipeline.errors import RecipeError, did_you_mean
 from pipeline.recipe import Recipe, TargetConfig
 
 
@@ -22,5 +22,6 @@ def find_target(recipe: Recipe, name: str | None) -> TargetConfig:
     for t in recipe.targets:
         if t.name == name:
             return t
+    names = [t.name for t in recipe.targets]
     raise RecipeError(f"no target named {name!r} in the recipe; targets are "
-                      f"{[t.name for t in recipe.targets]}")
+                      f"{names}{did_you_mean(name, names)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from pipeline.compress import (
     CompressContext,
     Compressed,
@@ -22,6 +24,8 @@ from search._space import previous_plan, resolve_space
 from search.objectives import resolve
 
 __all__ = ["SearchCompressor"]
+
+log = logging.getLogger(__name__)
 
 
 def describe_target(cfg: TargetConfig) -> str:
@@ -52,7 +56,7 @@ class SearchCompressor(Compressor):
         self.recipe = recipe
         self.worker = worker
         self.target_cfg = find_target(recipe, recipe.search.target)
-        cache_dir = recipe.output_dir.parent / "tvm-cache"
+        cache_dir = recipe.tuning_dir
         self.latency_fn = latency_fn or compiled_latency(self.target_cfg, cache_dir)
         self._labels = realizability_labels
 
@@ -73,6 +77,34 @@ class SearchCompressor(Compressor):
         from search._study import studies_of
 
         return delete_studies(self.recipe.search, studies_of(self.recipe))
+
+    def resume_trained(self, session: Session, task: int) -> bool:
+        """A run interrupted while it searched ``task`` left the task's trained state
+        (``search/task-K-trained.npz``); load it instead of training the task again. The
+        search then continues its study where it stopped."""
+        from search._publish import load_published, published_paths
+        from search._study import finished_trials, study_name
+
+        if self.worker:
+            return False
+        path, meta = published_paths(session.run_dir, task)
+        if not (path.is_file() and meta.is_file()):
+            return False
+        try:
+            weights = load_published(path)[0]
+            session.model.load_state_dict(weights)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("task %d: %s cannot be reused (%s); training the task again", task,
+                        path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return False
+        cfg = self.recipe.search
+        done = finished_trials(cfg, path.parent / f"task-{task}.journal",
+                               study_name(self.recipe, task))
+        at = (f"after trial {done - 1} ({done} of {cfg.trials} trials done)" if done
+              else "before its first trial")
+        log.info("resuming task %d %s, reusing the trained checkpoint %s (not training it "
+                 "again)", task, at, path)
+        return True
 
     def compress(self, session: Session, ctx: TaskContext) -> Compressed:
         from search._driver import search_task
@@ -96,7 +128,10 @@ class SearchCompressor(Compressor):
             lr=recipe.train.lr / 10, batch_size=recipe.train.batch_size,
             seed=recipe.train.seed + t, quant_fallback=tuple(narrow) or (8,),
             labels_fn=self._labels(self.target_cfg, s.model.layer_shapes()),
-            target=describe_target(self.target_cfg))
+            target=describe_target(self.target_cfg),
+            run_tags={"taskpack.task": str(t), "taskpack.task_name": ctx.task.name,
+                      "taskpack.target": self.target_cfg.name,
+                      "taskpack.method": recipe.method.kind})
         folder = s.run_dir / "search"
         # workers (taskpack search --worker) start from the published task
         outcome = search_task(problem, cfg, space, ctx.run, folder / f"task-{t}.journal",
@@ -112,4 +147,9 @@ class SearchCompressor(Compressor):
         load_task_tensors(s.model, tensors)
         stats = {"acc_val_trained": reference, "acc_val_quantized": acc, **outcome.stats,
                  **summarize(layers)}
-        return Compressed(layers, stats)
+        meta: dict[str, str | float] = {f"pattern/{n}": str(p.pattern)
+                                        for n, p in outcome.plans.items()}
+        latency = outcome.stats.get("search_chosen_latency_ms")
+        if latency is not None and latency == latency:  # not NaN
+            meta |= {"latency_ms": float(latency), "latency_target": self.target_cfg.name}
+        return Compressed(layers, stats, meta)

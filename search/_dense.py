@@ -69,7 +69,7 @@ def measure_dense(problem: TaskProblem, cfg: SearchConfig, run: Run) -> DenseRef
     """Measure the dense plan like a trial and log it as the ``dense-reference`` run."""
     ctx = ScoreContext(problem.reference_accuracy)
     plans = dense_plans(problem.trained)
-    child = run.child(REFERENCE_RUN, tags={"taskpack.reference": "dense"})
+    child = run.child(REFERENCE_RUN, tags={**problem.run_tags, "taskpack.reference": "dense"})
     child.log_params(plan_params(plans))
     try:
         res = problem.run(plans)

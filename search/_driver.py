@@ -80,11 +80,17 @@ class _Tally:
     compile_s: float = 0.0
 
 
+def trial_run_name(task: int, number: int) -> str:
+    """``task-K/trial-N``: unique across the tasks of a run in MLflow's flat run list."""
+    return f"task-{task}/trial-{number}"
+
+
 def _run_trial(study, trial, problem: TaskProblem, cfg: SearchConfig,
                space: dict[str, LayerSpace], run: Run, tally: _Tally) -> bool:
     """One ask-tell step; False when the trial failed."""
     plans = suggest_plans(trial, space)
-    child = run.child(f"trial-{trial.number}", tags={"taskpack.trial": str(trial.number)})
+    child = run.child(trial_run_name(problem.ctx.task, trial.number),
+                      tags={**problem.run_tags, "taskpack.trial": str(trial.number)})
     trial.set_user_attr("mlflow_run_id", child.run_id)
     child.log_params(plan_params(plans))
     tally.ran += 1
@@ -261,6 +267,8 @@ def _select_and_record(study, problem: TaskProblem, cfg: SearchConfig,
     # the chosen trial's plan, or the dense plan (the warm start of the next task then has none)
     plans = dense.plans if chosen.dense and dense is not None else suggest_plans(
         FixedTrial(chosen_params), space)
+    # the committed plan on the task's run, named like the trials' params (compare in the UI)
+    run.log_params({**plan_params(plans), "search.chosen_trial": str(chosen.number)})
     return SearchOutcome(plans, chosen.number, reason, points, front, tally.ran,
                          tally.failures, wall, tally.compile_s, tally.hits, stats)
 

@@ -94,6 +94,8 @@ class TaskProblem:
     quant_fallback: tuple[int, ...] = (8,)
     labels_fn: Callable[[dict[str, LayerPlan]], dict[str, str]] | None = None
     target: str = "the search target"  # where latency is measured, in words (charts)
+    # tags of every trial's MLflow run (task, target, method), so the UI can group trials
+    run_tags: dict[str, str] = field(default_factory=dict)
 
     def apply(self, plans: dict[str, LayerPlan]) -> tuple[dict[str, LayerResult],
                                                           dict[str, torch.Tensor], float]:

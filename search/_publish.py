@@ -2,7 +2,9 @@
 
 When the run reaches task K's search it publishes the task's trained state
 (``search/task-K-trained.npz``: the live model right after training plus the task's masks), and
-retracts it once the task is searched (see ``search._worker``).
+retracts it once the task is searched (see ``search._worker``). A run interrupted during the
+search finds it on the re-run and starts the search again from it instead of retraining the task
+(``SearchCompressor.resume_trained``).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline._atomic import atomic_write
 from pipeline.methods import TaskMasks
 from pipeline.session import Session
 from pipeline.tracking import Run
 
-__all__ = ["published_paths", "publish_task", "retract_task"]
+__all__ = ["load_published", "published_paths", "publish_task", "retract_task"]
 
 
 def published_paths(run_dir: Path, task: int) -> tuple[Path, Path]:
@@ -41,3 +44,13 @@ def retract_task(s: Session, task: int) -> None:
     """The task is searched: workers have nothing left to start from."""
     for path in published_paths(s.run_dir, task):
         path.unlink(missing_ok=True)
+
+
+def load_published(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                        dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The model state, mask, own and shared tensors of a published task (no pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        parts = {part: {k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files
+                        if k.startswith(f"{part}/")}
+                 for part in ("state", "mask", "own", "shared")}
+    return parts["state"], parts["mask"], parts["own"], parts["shared"]

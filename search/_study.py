@@ -23,12 +23,13 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.recipe import Recipe
+from pipeline.recipe import Recipe, SearchConfig
 from pipeline.tracking import Run
 from search._storage import StaleCallback, ask, beat_once, has_heartbeat
 from search.objectives import directions
@@ -152,6 +153,22 @@ def finished(study) -> int:
     return sum(_counted(t, skipped) for t in study.get_trials(deepcopy=False))
 
 
+def finished_trials(cfg: SearchConfig, journal: Path, name: str) -> int:
+    """Finished trials (as ``finished``) of study ``name`` in ``cfg.storage`` or the journal
+    file; 0 when it does not exist yet."""
+    from search._storage import close_storage, open_storage
+
+    if not cfg.storage and not journal.exists():
+        return 0
+    storage = open_storage(cfg, journal)
+    try:
+        return finished(optuna.load_study(study_name=name, storage=storage))
+    except KeyError:  # no such study
+        return 0
+    finally:
+        close_storage(storage)
+
+
 def claimed(study) -> int:
     """Finished trials plus those running now (in any process)."""
     skipped = interrupted_numbers(study)
@@ -213,7 +230,7 @@ def retry_stale(run: Run) -> StaleCallback:
 
 
 # recipe fields that cannot change what a trial does or scores (names, places, budgets, storage)
-_NEUTRAL = {"name", "description", "output_dir", "tracking"}
+_NEUTRAL = {"name", "description", "output_dir", "tuning_cache", "tracking"}
 _NEUTRAL_SEARCH = {"trials", "timeout_s", "storage", "heartbeat_s", "grace_s"}
 
 

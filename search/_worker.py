@@ -14,12 +14,9 @@ import json
 import logging
 import time
 
-import numpy as np
-import torch
-
 from pipeline.errors import InputError
 from pipeline.methods import TaskMasks
-from search._publish import published_paths
+from search._publish import load_published, published_paths
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +49,8 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
     # store state first (frozen / splittable positions), then the task's trained weights on top
     if task:
         s.method.after_commit(task - 1, s.store)
-    with np.load(state, allow_pickle=False) as z:
-        s.model.load_state_dict({k.removeprefix("state/"): torch.from_numpy(z[k])
-                                 for k in z.files if k.startswith("state/")})
-        mask, own, shared = ({k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files
-                              if k.startswith(f"{part}/")} for part in ("mask", "own", "shared"))
+    weights, mask, own, shared = load_published(state)
+    s.model.load_state_dict(weights)
     masks = TaskMasks(s.method.from_store(mask), s.method.from_store(own),
                       s.method.from_store(shared))
     tracker = tracker or NoopTracker()

@@ -1,5 +1,5 @@
-"""Suite-wide fixtures: torch's process settings restored after every test, GPU tests skipped
-cleanly where PyTorch sees no GPU."""
+"""Suite-wide fixtures: torch's process settings restored after every test, a tuning cache of its
+own for every test, GPU tests skipped cleanly where PyTorch sees no GPU."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _own_tuning_cache(tmp_path_factory: pytest.TempPathFactory,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recipes default to the user's shared tuning cache (~/.cache/taskpack/tuning); each test
+    gets its own, so a test never reuses a latency another test (or a real run) measured."""
+    monkeypatch.setenv("TASKPACK_TUNING", str(tmp_path_factory.mktemp("tuning")))
 
 
 @pytest.fixture(autouse=True)

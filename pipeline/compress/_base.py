@@ -23,6 +23,9 @@ class Compressed:
 
     layers: dict[str, LayerResult]
     stats: dict[str, float] = field(default_factory=dict)
+    # recorded with the task in the store (``taskpack inspect`` shows them): ``pattern/<layer>``
+    # per layer; ``latency_ms`` and ``latency_target`` when the compressor measured one
+    meta: dict[str, str | float] = field(default_factory=dict)
 
 
 class Compressor(ABC):
@@ -36,3 +39,10 @@ class Compressor(ABC):
     @abstractmethod
     def compress(self, session: Session, ctx: TaskContext) -> Compressed:
         """Compress task ``ctx.index`` of ``session``."""
+
+    def resume_trained(self, session: Session, task: int) -> bool:
+        """Called before task ``task`` trains (its head added, ``begin_task`` done): restore the
+        live model as it was right after an interrupted run trained the task, from a
+        checkpoint this compressor kept, and return True (the task is then not trained again);
+        False to train as usual (the default)."""
+        return False

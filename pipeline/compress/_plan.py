@@ -46,4 +46,5 @@ class PlanCompressor(Compressor):
         stats = {"acc_val_trained": acc_trained, "acc_val_pruned": acc_pruned,
                  "acc_val_quantized": acc_q, "compress_evaluations": cctx.evaluations,
                  **summarize(layers)}
-        return Compressed(layers, stats)
+        patterns = {f"pattern/{n}": str(p.pattern) for n, p in plans.items()}
+        return Compressed(layers, stats, dict(patterns))

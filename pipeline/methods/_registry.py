@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.errors import RecipeError
+from pipeline.errors import RecipeError, did_you_mean
 from pipeline.methods._base import Method
 from pipeline.models import ContinualNet
 from pipeline.recipe import MethodConfig, Recipe, register_method_config
@@ -35,7 +35,7 @@ def method_class(kind: str) -> type[Method]:
         return _METHODS[kind]
     except KeyError:
         raise RecipeError(f"method.kind: unknown method {kind!r}; registered: "
-                          f"{sorted(_METHODS)}") from None
+                          f"{sorted(_METHODS)}{did_you_mean(kind, _METHODS)}") from None
 
 
 def build_method(model: ContinualNet, recipe: Recipe) -> Method:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import reprlib
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from pipeline.errors import RecipeError
+from pipeline.errors import RecipeError, did_you_mean
 from pipeline.recipe._schema import Recipe
 from pipeline.recipe._yaml import MAX_BYTES, MAX_DEPTH, YAMLRejected, dump_yaml, load_yaml
 
@@ -95,13 +96,49 @@ def _num(v: Any) -> Any:
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
-def format_validation_error(exc: ValidationError, source: str = "recipe") -> str:
-    """All errors of a ValidationError, one line each, first line prefixed by the source."""
+def _section_model(loc: tuple, data: Any) -> type[BaseModel] | None:
+    """The recipe section model that holds the key at ``loc`` (its last part), following the
+    raw ``data`` where the model depends on it (``method`` by its ``kind``); None if unknown."""
+    from pipeline.recipe._methods import _METHOD_CONFIGS, MethodConfig
+
+    model: type[BaseModel] | None = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            data = data[part] if isinstance(data, list) and part < len(data) else None
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        data = data.get(part) if isinstance(data, dict) else None
+        found = [c for c in _models_in(model.model_fields[part].annotation)]
+        if any(issubclass(c, MethodConfig) for c in found):
+            kind = data.get("kind", "wsn") if isinstance(data, dict) else None
+            found = [_METHOD_CONFIGS[kind]] if isinstance(kind, str) and \
+                kind in _METHOD_CONFIGS else []
+        model = found[0] if found else None
+    return model
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation names (through lists, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def format_validation_error(exc: ValidationError, source: str = "recipe",
+                            data: Any = None) -> str:
+    """All errors of a ValidationError, one line each, first line prefixed by the source.
+    ``data`` (the raw recipe) lets an unknown key suggest the closest known one."""
     lines = []
     errors = exc.errors()
     for err in errors[:MAX_ERRORS]:
         loc = ".".join(excerpt_text(str(p), 60) for p in err["loc"])
-        lines.append(f"{loc or '<top>'}: {_describe(err)}")
+        text = _describe(err)
+        if err["type"] == "extra_forbidden" and err["loc"]:
+            model = _section_model(tuple(err["loc"]), data)
+            if model is not None:
+                text += did_you_mean(str(err["loc"][-1]), model.model_fields)
+        lines.append(f"{loc or '<top>'}: {text}")
     if len(errors) > MAX_ERRORS:
         lines.append(f"and {len(errors) - MAX_ERRORS} more error(s)")
     return f"{source}: " + "; ".join(lines)
@@ -174,7 +211,7 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(format_validation_error(exc, source)) from None
+        raise RecipeError(format_validation_error(exc, source, data)) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

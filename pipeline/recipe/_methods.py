@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
+from pipeline.errors import did_you_mean
 from pipeline.recipe._section import BITS, _Section
 
 __all__ = ["ExSSNeTMethod", "MethodConfig", "MethodField", "PackNetMethod", "PruneConfig",
@@ -58,8 +59,10 @@ def _validate_method(v: Any, handler: ValidatorFunctionWrapHandler) -> MethodCon
     kind = v.get("kind", "wsn")  # an omitted kind means WSN, the family's base
     config = _METHOD_CONFIGS.get(kind) if isinstance(kind, str) else None
     if config is None:
-        raise PydanticCustomError("method_kind", "unknown kind {kind}; expected one of {kinds}",
-                                  {"kinds": str(list(_METHOD_CONFIGS)), "kind": repr(kind)})
+        raise PydanticCustomError("method_kind",
+                                  "unknown kind {kind}; expected one of {kinds}{hint}",
+                                  {"kinds": str(list(_METHOD_CONFIGS)), "kind": repr(kind),
+                                   "hint": did_you_mean(str(kind), _METHOD_CONFIGS)})
     return config.model_validate({**v, "kind": kind})
 
 

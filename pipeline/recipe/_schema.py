@@ -6,6 +6,7 @@ Limits live in the types; cross-field rules live in validators whose messages na
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -351,6 +352,21 @@ class Recipe(_Section):
     output_dir: RecipePath = Field(default=Path("mlruns/runs"),
                                    description="run folders go here: a directory, or a path "
                                                "that can be created as one")
+    tuning_cache: RecipePath | None = Field(
+        default=None,
+        description="TVM tuning database (MetaSchedule records, keyed by workload and target) "
+                    "and measured latencies: shared by every run and export that names it, so "
+                    "a run with another output_dir does not start cold. None: $TASKPACK_TUNING "
+                    "if set, else ~/.cache/taskpack/tuning; `~` is the user's home")
+
+    @property
+    def tuning_dir(self) -> Path:
+        """Where compiled builds find their tuning: ``tuning_cache``, else
+        ``$TASKPACK_TUNING``, else ``~/.cache/taskpack/tuning``."""
+        if self.tuning_cache is not None:
+            return self.tuning_cache.expanduser()
+        env = os.environ.get("TASKPACK_TUNING")
+        return Path(env).expanduser() if env else Path.home() / ".cache" / "taskpack" / "tuning"
 
     @field_validator("output_dir")
     @classmethod

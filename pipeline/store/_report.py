@@ -174,8 +174,31 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def format_report(report: StoreReport, as_json: bool = False) -> str:
-    """A plain-text table per task and layer, or the whole report as JSON."""
+LEGEND = """\
+columns (per task and layer; bytes are real bytes of the file):
+  density  fraction of the layer's positions in the task's mask
+  shared   mask positions that reuse a value an earlier task stored (frozen)
+  own      positions holding this task's own new codes
+  split    own codes placed in positions that already hold an earlier task's code (TSN split)
+  bits     bits per own code; 32 = stored as fp32, not quantized
+  k        codebook size (0: no codebook)
+  pattern  the pruning pattern the task was compressed with (- : not recorded)
+  codes / masks / cbook  bytes of the own codes, of the compressed mask, of the codebook
+  b/own    bits per own weight, codebook included
+  latency  median latency of the committed task on the target it was searched for
+  M_t      density of the union of all tasks' masks after this task"""
+
+
+def _latency(meta: dict) -> str:
+    ms = meta.get("latency_ms")
+    if not isinstance(ms, int | float):
+        return "latency -"
+    return f"latency {ms:.4f} ms on {meta.get('latency_target', '?')}"
+
+
+def format_report(report: StoreReport, as_json: bool = False, legend: bool = True) -> str:
+    """A plain-text table per task and layer (with a legend of its columns), or the whole
+    report as JSON."""
     if as_json:
         return json.dumps(report.to_dict(), indent=2, sort_keys=False)
     lines = [
@@ -192,19 +215,25 @@ def format_report(report: StoreReport, as_json: bool = False) -> str:
     lines += [
         "",
         f"{'task':>4} {'layer':<24} {'density':>8} {'shared':>9} {'own':>9} {'split':>7} "
-        f"{'bits':>4} {'k':>5} {'codes':>9} {'masks':>9} {'cbook':>7} {'b/own':>6}",
+        f"{'bits':>4} {'k':>5} {'pattern':>12} {'codes':>9} {'masks':>9} {'cbook':>7} "
+        f"{'b/own':>6}",
     ]
     for t in report.tasks:
         for lr in t.layers:
+            pattern = str(t.meta.get(f"pattern/{lr.name}", "-"))
             lines.append(
                 f"{t.task:>4} {lr.name[:24]:<24} {lr.density:>8.4f} {lr.shared:>9} {lr.own:>9} "
-                f"{lr.split:>7} {lr.bits:>4} {lr.codebook_size:>5} {lr.bytes_codes:>9} "
-                f"{lr.bytes_masks:>9} {lr.bytes_codebooks:>7} {lr.bits_per_own_weight:>6.2f}"
+                f"{lr.split:>7} {lr.bits:>4} {lr.codebook_size:>5} {pattern[:12]:>12} "
+                f"{lr.bytes_codes:>9} {lr.bytes_masks:>9} {lr.bytes_codebooks:>7} "
+                f"{lr.bits_per_own_weight:>6.2f}"
             )
+        name = f", name {t.meta['name']}" if "name" in t.meta else ""
         lines.append(
             f"{t.task:>4} {'(task total)':<24} {t.density:>8.4f} {t.shared:>9} {t.own:>9} "
-            f"{'':>7} {'':>4} {'':>5} {t.bytes['codes']:>9} {t.bytes['masks']:>9} "
+            f"{'':>7} {'':>4} {'':>5} {'':>12} {t.bytes['codes']:>9} {t.bytes['masks']:>9} "
             f"{t.bytes['codebooks']:>7}  tensors {t.bytes['tensors']} B, meta "
-            f"{t.bytes['metadata']} B, M_t {t.union_density:.4f}"
+            f"{t.bytes['metadata']} B, M_t {t.union_density:.4f}, {_latency(t.meta)}{name}"
         )
+    if legend:
+        lines += ["", LEGEND]
     return "\n".join(lines)

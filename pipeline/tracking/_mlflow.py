@@ -1,5 +1,10 @@
 """MLflow tracker: sqlite backend + file artifacts under ``mlruns/`` by default.
 
+The experiment is created with a description and MLflow's ``mlflow.experimentKind`` tag set to
+``custom_model_development`` (MLflow 3.x opens an experiment without it in its GenAI mode), and,
+when the artifacts sit beside a local tracking store, with an artifact location relative to it
+(``pipeline.tracking._relative``), so ``mlruns/`` can be moved with its artifacts.
+
 Uses ``MlflowClient`` rather than mlflow's global active-run stack, so parent and child runs are
 explicit objects and a Ctrl-C can end each one with the right status.
 """
@@ -16,6 +21,17 @@ from pipeline.tracking._base import Run, Status, Tracker
 
 log = logging.getLogger(__name__)
 _PARAM_BATCH = 100  # MLflow's limit per log_batch call
+# read by the MLflow UI: the experiment kind (from the UI's own enum: "custom_model_development"
+# is its classic machine-learning view) and the experiment description (a markdown note)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DESCRIPTION_TAG = "mlflow.note.content"
+DESCRIPTION = (
+    "taskpack runs. One parent run per recipe run (params: the resolved recipe; artifacts: "
+    "report.html, accuracy matrix, store), a child run `task-K` per task (params: the committed "
+    "plan; tags: taskpack.task, taskpack.task_name; artifacts: the task's Pareto front), and, "
+    "when the recipe searches, a nested run `task-K/trial-N` per trial (tags: taskpack.task, "
+    "taskpack.target, taskpack.method, feasible, pareto, chosen). Group trials by "
+    "`taskpack.task` in the chart view.")
 
 
 class MlflowRun(Run):
@@ -70,18 +86,27 @@ class MlflowTracker(Tracker):
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating tables..." noise
         from mlflow.tracking import MlflowClient
 
+        from pipeline.tracking._relative import register, relative_location
+
+        register()
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            location = artifact_location
-            if "://" not in location:
-                location = Path(location).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, location)
+            location = relative_location(uri, artifact_location) or (
+                artifact_location if "://" in artifact_location
+                else Path(artifact_location).resolve().as_uri())
+            self.experiment_id = self.client.create_experiment(
+                experiment, location, tags=dict([EXPERIMENT_KIND, (DESCRIPTION_TAG, DESCRIPTION)]))
         else:
             self.experiment_id = exp.experiment_id
+            # experiments created before these tags: add them, keep a description a user wrote
+            missing = {k: v for k, v in (EXPERIMENT_KIND, (DESCRIPTION_TAG, DESCRIPTION))
+                       if k not in exp.tags}
+            for k, v in missing.items():
+                self.client.set_experiment_tag(self.experiment_id, k, v)
 
     def start(self, name: str, tags: dict[str, str] | None = None) -> MlflowRun:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags or {})

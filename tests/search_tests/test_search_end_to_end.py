@@ -55,8 +55,13 @@ def test_pareto_fronts_are_in_mlflow(tmp_path: Path) -> None:
     for task_run in tasks:
         children = client.search_runs([exp],
                                       f"tags.mlflow.parentRunId = '{task_run.info.run_id}'")
-        trials = [r for r in children if r.info.run_name.startswith("trial-")]
-        assert sorted(r.info.run_name for r in trials) == [f"trial-{i}" for i in range(4)]
+        k = task_run.info.run_name.removeprefix("task-")
+        trials = [r for r in children if "/trial-" in r.info.run_name]
+        assert sorted(r.info.run_name for r in trials) == [f"task-{k}/trial-{i}"
+                                                           for i in range(4)]
+        for r in trials:  # grouped in the UI by task, target and method
+            assert (r.data.tags["taskpack.task"], r.data.tags["taskpack.target"],
+                    r.data.tags["taskpack.method"]) == (k, "host", recipe.method.kind)
         # the dense reference: measured like a trial, outside the trial budget
         (ref,) = [r for r in children if r.info.run_name == "dense-reference"]
         assert ref.data.tags["taskpack.reference"] == "dense"
@@ -83,8 +88,11 @@ def test_pareto_fronts_are_in_mlflow(tmp_path: Path) -> None:
             assert m["search_speedup_vs_dense"] == 1.0
         else:
             assert not fell_back and chosen[0].data.tags["pareto"] == "true"
-            number = chosen[0].info.run_name.split("-")[1]
+            number = chosen[0].info.run_name.rsplit("-", 1)[1]
             assert task_run.data.tags["search.chosen_trial"] == number
+            # the committed plan is on the task run, named like the trial's params
+            assert {k: v for k, v in task_run.data.params.items()
+                    if k != "search.chosen_trial"} == chosen[0].data.params
             # never slower than the task as trained
             assert m["search_chosen_latency_ms"] < m["search_dense_latency_ms"]
             assert m["search_speedup_vs_dense"] > 1.0
@@ -98,7 +106,7 @@ def test_pareto_fronts_are_in_mlflow(tmp_path: Path) -> None:
     by_name = {r.info.run_name: r for r in tasks}
     trials_1 = client.search_runs([exp], f"tags.mlflow.parentRunId = "
                                   f"'{by_name['task-1'].info.run_id}'")
-    first_1 = next(r for r in trials_1 if r.info.run_name == "trial-0")
+    first_1 = next(r for r in trials_1 if r.info.run_name == "task-1/trial-0")
     chosen_0 = chosen_trial["task-0"]
     if chosen_0.info.run_name != "dense-reference":
         assert first_1.data.params == chosen_0.data.params
@@ -153,6 +161,9 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path: Path
     resumed = _cli(tmp_path / "killed")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
+    # task 0 is not trained again: its search continues from the published trained state
+    assert (f"resuming task 0 after trial {len(before) - 1} ({len(before)} of 4 trials done), "
+            f"reusing the trained checkpoint {run_dir / 'search/task-0-trained.npz'}") in err
     after = _complete(journal)
     assert after[: len(before)] == before  # nothing lost
     assert len(after) == 4  # finished trials not repeated; an interrupted one is re-asked
