@@ -111,3 +111,12 @@ def test_a_damaged_spec_is_one_line_and_exit_2(tmp_path: Path, change: dict, mat
     assert main(["export", str(path), "--all-tasks", "--target", "host", "--no-track"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_export_refuses_a_batch_size_below_one(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.tpk"
+    PackedStore.create(path, {"fc": (4, 8)}, "fp", spec=_spec())
+    assert main(["export", str(path), "--all-tasks", "--target", "host", "--batch", "0",
+                 "--no-track"]) == 2
+    assert "--batch must be between 1 and 4096, found [0]" in capsys.readouterr().err
