@@ -85,8 +85,11 @@ def _track_one(tracker: Any, recipe: Recipe, folder: Path) -> str:
     task, target = int(manifest["task"]), str(manifest["target"]["name"])
     client = tracker.client
     run_id = find_task_run(client, tracker.experiment_id, recipe, task)
+    status = "FINISHED"  # what the run is left as
     if run_id is None:  # the store's run was not tracked: the export gets a run of its own
         run_id = tracker.start(f"export task-{task}", tags={"taskpack.task": str(task)}).run_id
+    else:
+        status = client.get_run(run_id).info.status  # start_run below reopens the run
     prefix = f"exports/{target}"
     run = tracker.open(run_id)
     run.log_metrics({f"export/{target}/latency_ms_b{b}": m["median_ms"]
@@ -107,7 +110,7 @@ def _track_one(tracker: Any, recipe: Recipe, folder: Path) -> str:
                 pip_requirements=_requirements(), await_registration_for=0)
     finally:
         mlflow.set_tracking_uri(previous)
-    if (status := client.get_run(run_id).info.status) != "FINISHED":  # start_run reopened it
+    if client.get_run(run_id).info.status != status:  # as it was: FINISHED, FAILED, KILLED
         client.set_terminated(run_id, status)
     version = info.registered_model_version
     return f"mlflow: {folder} logged to run {run_id}, registered as models:/{name}/{version}"
