@@ -378,3 +378,11 @@ def test_normalize_standardizes_mnist_family_streams(
         assert torch.equal(a.y, b.y)
         torch.testing.assert_close(b.x, (a.x - mean) / sd)
     assert std.train.x.min() < 0  # the background is no longer 0
+    # the preprocessing as data (what bundles ship) says so too, and repeats the transform
+    stream_std = build_stream(BenchmarkConfig(**cfg, normalize=True))
+    steps = stream_std.task_preprocess(0)["steps"]
+    assert steps[-1] == {"op": "normalize", "mean": [mean], "std": [sd],
+                         "doc": "per channel: (x - mean) / std"}
+    raw = stream_std._specs[0].make()
+    torch.testing.assert_close(apply_steps(steps, raw.test_x), raw.transform(raw.test_x),
+                               rtol=0, atol=1e-5)
