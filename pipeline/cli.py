@@ -71,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--all-tasks", action="store_true", help="every committed task")
     p.add_argument("--target", required=True, help="a target of the recipe, or host / aarch64")
     p.add_argument("--recipe", type=Path, default=None,
-                   help="the run's recipe (default: recipe.yaml beside the store)")
+                   help="the run's recipe (default: the spec the store carries, else "
+                        "recipe.yaml beside the store)")
+    p.add_argument("--batch", type=int, action="append", default=None, metavar="B",
+                   help="a batch size for the TVM libraries, one library each (repeatable; "
+                        "default: 1 and 8); the ONNX model takes any batch")
+    p.add_argument("--no-track", action="store_true",
+                   help="do not log the bundles to MLflow (default: logged to the task's run "
+                        "and registered as an MLflow model when the recipe tracks)")
     p.add_argument("--out", type=Path, default=EXPORTS_DIR,
                    help="folder for the bundles, one per target and task (default: %(default)s)")
 
@@ -203,22 +210,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import json
-
     from pipeline.errors import StoreError
-    from pipeline.export import export_tasks
+    from pipeline.export import DEFAULT_BATCH_SIZES, describe_bundle, export_tasks
 
     if not args.store.is_file():
         raise StoreError(f"{args.store}: no such store file")
-    for folder in export_tasks(args.store, None if args.all_tasks else args.task, args.target,
-                               args.recipe, args.out):
-        m = json.loads((folder / "manifest.json").read_text())
-        lat = m.get("latency")
-        speed = (f"median {lat['median_ms']:.4f} ms (p10 {lat['p10_ms']:.4f}, "
-                 f"p90 {lat['p90_ms']:.4f})" if lat else "export only")
-        err = (m.get("numerics") or {}).get("max_rel_err")
-        print(f"{folder}: task {m['task']}, {speed}, numerics rel err "
-              f"{'n/a' if err is None else f'{err:.1e}'}")
+    folders = export_tasks(args.store, None if args.all_tasks else args.task, args.target,
+                           args.recipe, args.out, args.batch or DEFAULT_BATCH_SIZES)
+    for folder in folders:
+        line, warning = describe_bundle(folder)
+        print(line)
+        if warning:
+            print(warning, file=sys.stderr)
+    if not args.no_track:
+        from pipeline.store_spec import resolve_spec
+        from pipeline.tracking.exports import track_exports
+
+        for line in track_exports(resolve_spec(args.store, args.recipe).recipe, folders):
+            print(line)
     if (args.store.parent / "results.json").is_file():  # a run folder: link the bundles
         from pipeline.run_report import write_report
 

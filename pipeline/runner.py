@@ -36,6 +36,7 @@ from pipeline.session import RunResult, Session, TaskContext, TaskRecord
 from pipeline.stages import baseline_accuracy, commit_task, stage_evaluate, stage_train
 from pipeline.state import load_state, save_state, save_state_before_commit
 from pipeline.store import PackedStore, format_report
+from pipeline.store_spec import build_spec
 from pipeline.tracking import NoopTracker, Run, Tracker
 
 __all__ = ["prepare", "run_dir_for", "run_recipe", "same_recipe"]
@@ -83,7 +84,7 @@ def prepare(recipe: Recipe, fresh: bool = False) -> Session:
         store = PackedStore.open(store_path, expect_fingerprint=fingerprint)
     else:
         store = PackedStore.create(store_path, model.layer_shapes(), fingerprint,
-                                   recipe.store.bit_budget)
+                                   recipe.store.bit_budget, spec=build_spec(recipe, stream))
     previous.write_text(resolved)
     return Session(recipe, stream, model, method, scratch, store, run_dir, dev)
 

@@ -17,7 +17,18 @@ from pipeline.data import _local
 from pipeline.data._cache import check_cached, load_cached
 from pipeline.data._seeding import rng_for
 from pipeline.data._tiny import TinyImageNet
-from pipeline.data._transforms import normalized, permuted, rotated, standardized, to_unit
+from pipeline.data._transforms import (
+    normalized,
+    normalized_steps,
+    permuted,
+    permuted_steps,
+    rotated,
+    rotated_steps,
+    standardized,
+    standardized_steps,
+    to_unit,
+    unit_steps,
+)
 from pipeline.data._types import Images, RawTask, SplitPolicy, Stream, TaskSpec, Transform
 from pipeline.errors import RecipeError
 from pipeline.recipe import BenchmarkConfig
@@ -44,8 +55,8 @@ def _permuted_mnist(cfg: BenchmarkConfig) -> Built:
     specs = []
     for i in range(n):
         perm = rng_for(cfg.seed, "permutation", i).permutation(int(np.prod(MNIST_SHAPE)))
-        transform = _gray(cfg, "mnist", permuted(perm))
-        specs.append(TaskSpec(f"pmnist-{i}", 10, _whole(source, transform)))
+        transform, steps = _gray(cfg, "mnist", permuted(perm), permuted_steps(perm))
+        specs.append(TaskSpec(f"pmnist-{i}", 10, _whole(source, transform), {"steps": steps}))
     return MNIST_SHAPE, specs
 
 
@@ -56,18 +67,19 @@ def _rotated_mnist(cfg: BenchmarkConfig) -> Built:
     specs = []
     for i in range(n):
         angle = ROTATION_STEP * i
-        transform = _gray(cfg, "mnist", rotated(angle))
-        specs.append(TaskSpec(f"rmnist-{i} ({angle:g}deg)", 10, _whole(source, transform)))
+        transform, steps = _gray(cfg, "mnist", rotated(angle), rotated_steps(angle))
+        specs.append(TaskSpec(f"rmnist-{i} ({angle:g}deg)", 10, _whole(source, transform),
+                              {"steps": steps}))
     return MNIST_SHAPE, specs
 
 
 def _split_mnist(cfg: BenchmarkConfig) -> Built:
-    return MNIST_SHAPE, _split(cfg, _cached_source("mnist", cfg), 10, 2, _gray(cfg, "mnist"))
+    return MNIST_SHAPE, _split(cfg, _cached_source("mnist", cfg), 10, 2, *_gray(cfg, "mnist"))
 
 
 def _split_fmnist(cfg: BenchmarkConfig) -> Built:
     source = _cached_source("fashion-mnist", cfg)
-    return MNIST_SHAPE, _split(cfg, source, 10, 2, _gray(cfg, "fashion-mnist"))
+    return MNIST_SHAPE, _split(cfg, source, 10, 2, *_gray(cfg, "fashion-mnist"))
 
 
 def _mnist_fmnist(cfg: BenchmarkConfig) -> Built:
@@ -77,14 +89,16 @@ def _mnist_fmnist(cfg: BenchmarkConfig) -> Built:
     for name in names:
         check_cached(name, cfg.cache_dir)
         source = functools.partial(load_cached, name, cfg.cache_dir)
-        specs.append(TaskSpec(name, 10, _whole(source, _gray(cfg, name))))
+        transform, steps = _gray(cfg, name)
+        specs.append(TaskSpec(name, 10, _whole(source, transform), {"steps": steps}))
     return MNIST_SHAPE, specs
 
 
 def _split_cifar100(cfg: BenchmarkConfig) -> Built:
     root = _local.require("cifar100", cfg.data_dir, cfg.stream)
     source = functools.cache(functools.partial(_local.load_cifar100, root))
-    return (3, 32, 32), _split(cfg, source, 100, 10, normalized("cifar100"))
+    return (3, 32, 32), _split(cfg, source, 100, 10, normalized("cifar100"),
+                                normalized_steps("cifar100"))
 
 
 def _five_datasets(cfg: BenchmarkConfig) -> Built:
@@ -98,7 +112,8 @@ def _five_datasets(cfg: BenchmarkConfig) -> Built:
         else:
             root = _local.require(name, cfg.data_dir, cfg.stream)
             source = functools.partial(_LOCAL_LOADERS[name], root)
-        specs.append(TaskSpec(name, 10, _whole(source, normalized(name, pad_to=32, channels=3))))
+        specs.append(TaskSpec(name, 10, _whole(source, normalized(name, pad_to=32, channels=3)),
+                              {"steps": normalized_steps(name, pad_to=32, channels=3)}))
     return (3, 32, 32), specs
 
 
@@ -113,17 +128,24 @@ def _tinyimagenet(cfg: BenchmarkConfig) -> Built:
     for i in range(n):
         chosen = order[i * per_task : (i + 1) * per_task]
         make = _whole(functools.partial(data.load, chosen), transform)
-        specs.append(TaskSpec(f"tinyimagenet-{i}", per_task, make))
+        specs.append(TaskSpec(f"tinyimagenet-{i}", per_task, make,
+                              {"steps": normalized_steps("tinyimagenet"), "classes": chosen}))
     return (3, 64, 64), specs
 
 
-def _gray(cfg: BenchmarkConfig, dataset: str, transform: Transform = to_unit) -> Transform:
-    """An MNIST-family transform, standardized when ``benchmark.normalize`` asks for it."""
-    return standardized(dataset, transform) if cfg.normalize else transform
+def _gray(cfg: BenchmarkConfig, dataset: str, transform: Transform = to_unit,
+          steps: list[dict] | None = None) -> tuple[Transform, list[dict]]:
+    """An MNIST-family transform and its steps as data, standardized when
+    ``benchmark.normalize`` asks for it."""
+    steps = unit_steps() if steps is None else steps
+    if cfg.normalize:
+        return standardized(dataset, transform), steps + standardized_steps(dataset)
+    return transform, steps
 
 
 def _split(
-    cfg: BenchmarkConfig, source: Source, n_classes: int, default: int, transform: Transform
+    cfg: BenchmarkConfig, source: Source, n_classes: int, default: int, transform: Transform,
+    steps: list[dict],
 ) -> list[TaskSpec]:
     """Tasks of ``classes_per_task`` consecutive classes each, in natural class order."""
     per_task = _classes_per_task(cfg, n_classes, default)
@@ -132,7 +154,8 @@ def _split(
     for i in range(_task_count(cfg, natural, maximum=natural)):
         classes = list(range(i * per_task, (i + 1) * per_task))
         name = f"{cfg.stream}-{i} ({','.join(map(str, classes))})"
-        specs.append(TaskSpec(name, per_task, _classes_task(source, classes, transform)))
+        specs.append(TaskSpec(name, per_task, _classes_task(source, classes, transform),
+                              {"steps": steps, "classes": classes}))
     return specs
 
 

@@ -29,6 +29,50 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+# Preprocessing as data (``TaskSpec.preprocess``, bundle manifests): the steps the transforms
+# below apply, in order, to uint8 images [N, C, H, W], so a deployment can repeat them exactly.
+SCALE_STEP: dict = {"op": "scale", "divide_by": 255.0,
+                    "doc": "uint8 pixels to float32 in [0, 1]: x / 255"}
+
+
+def unit_steps() -> list[dict]:
+    return [dict(SCALE_STEP)]
+
+
+def permuted_steps(perm: np.ndarray) -> list[dict]:
+    return [dict(SCALE_STEP), {
+        "op": "permute_pixels", "permutation": [int(i) for i in perm],
+        "doc": "x.reshape(N, -1)[:, permutation].reshape(N, C, H, W)"}]
+
+
+def rotated_steps(degrees: float) -> list[dict]:
+    return [dict(SCALE_STEP), {
+        "op": "rotate", "degrees": float(degrees),
+        "doc": "counter-clockwise about the centre, bilinear, zeros outside (torch "
+               "affine_grid + grid_sample, align_corners=False)"}]
+
+
+def normalized_steps(dataset: str, pad_to: int | None = None,
+                     channels: int | None = None) -> list[dict]:
+    mean, std = STATS[dataset]
+    steps: list[dict] = []
+    if pad_to is not None:
+        steps.append({"op": "pad", "to": pad_to,
+                      "doc": "zero-pad the uint8 image to a centred square of this size"})
+    steps += [dict(SCALE_STEP), {"op": "normalize", "mean": list(mean), "std": list(std),
+                                 "doc": "per channel: (x - mean) / std"}]
+    if channels is not None:
+        steps.append({"op": "repeat_channels", "to": channels,
+                      "doc": "a 1-channel image repeated to this many channels"})
+    return steps
+
+
+def standardized_steps(dataset: str) -> list[dict]:
+    (mean,), (std,) = STATS[dataset]
+    return [{"op": "normalize", "mean": [mean], "std": [std],
+             "doc": "per channel: (x - mean) / std"}]
+
+
 def to_unit(x: np.ndarray) -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` to float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(255.0)

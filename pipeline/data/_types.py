@@ -8,7 +8,7 @@ trained. The validation split and the quick-run limits are cut here, once, for e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -76,6 +76,9 @@ class TaskSpec:
     name: str
     num_classes: int
     make: Callable[[], RawTask]
+    # what ``make``'s transform does, as data (see _transforms.SCALE_STEP); for split streams
+    # also "classes": the original class of each local label
+    preprocess: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,10 @@ class Stream:
         """``(name, num_classes)`` of task ``i`` without loading any data."""
         spec = self._spec(i)
         return spec.name, spec.num_classes
+
+    def task_preprocess(self, i: int) -> dict:
+        """What task ``i``'s inputs go through, as data (steps on uint8 images), unloaded."""
+        return dict(self._spec(i).preprocess)
 
     def load(self, i: int) -> Task:
         """Build task ``i``: read its data, cut train/val, apply the limits, convert to float."""

@@ -9,6 +9,7 @@ derived by replaying tasks in order, exactly as "shared" is defined: the latest 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -41,6 +42,11 @@ from pipeline.store._report import StoreReport, build_report
 from pipeline.store._tensors import tensor_from_bytes
 
 SLEEP_ENV = "TASKPACK_STORE_SLEEP_BEFORE_REPLACE"
+# Sections between 'model' and the tasks, each optional, in this order. 'spec' (written by
+# create()): what rebuilding and exporting a task needs without the run's recipe (a JSON object the
+# caller builds: pipeline/store_spec.py); stores written before it have none. 'base' (written by
+# set_base() before task 0): the fixed backbone every task reads (format version 2).
+OPTIONAL_HEAD_SECTIONS = ("spec", "base")
 
 
 class PackedStore:
@@ -60,19 +66,19 @@ class PackedStore:
         if any(min(shape, default=0) < 0 for shape in self._layers.values()):
             raise StoreError(f"section 'model' must hold shapes >= 0, found {self._layers}")
         names = [s.name for s in sections]
-        head = ["model"]
+        head = ["model"] + [n for n in OPTIONAL_HEAD_SECTIONS if n in self._index]
         self._base: dict[str, np.ndarray] | None = None
-        if names[1:2] == ["base"]:
+        if "base" in head:
             if file_version(data) < 2:
                 raise StoreError("a 'base' section needs store format version 2 or later, "
                                  f"found version {file_version(data)}")
             self._base = decode_base(self._section("base"), self._layers)
-            head.append("base")
         self._reset_state()
         n_tasks = (len(names) - len(head)) // len(TASK_PARTS)
         expect = head + [f"task/{t}/{p}" for t in range(n_tasks) for p in TASK_PARTS]
         if names != expect:
             raise StoreError(f"sections must be {expect[:7]}..., found {names[:7]}...")
+        self._spec = parse_json_section(self._section("spec"), "spec") if "spec" in head else None
         for t in range(n_tasks):
             state = decode_task(
                 t, self._task_parts(t), self._layers, self._union, self._used, self._budget
@@ -103,8 +109,12 @@ class PackedStore:
         bit_budget: int = 32,
         *,
         overwrite: bool = False,
+        spec: dict | None = None,
     ) -> PackedStore:
-        """Write an empty store for a model with these prunable ``layers`` (name -> shape)."""
+        """Write an empty store for a model with these prunable ``layers`` (name -> shape).
+
+        ``spec`` (a JSON object) is kept in a ``spec`` section and read back by :meth:`spec`.
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise StoreError(
@@ -128,7 +138,15 @@ class PackedStore:
             "bit_budget": bit_budget,
             "layers": [[name, list(shape)] for name, shape in layers.items()],
         }
-        data, sections = build_file(b"", [], [("model", canonical_json(model))])
+        head = [("model", canonical_json(model))]
+        if spec is not None:
+            if not isinstance(spec, dict):
+                raise StoreError(f"spec must be a JSON object, found {type(spec).__name__}")
+            try:
+                head.append(("spec", canonical_json(spec)))
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"spec must be JSON-serializable, found {exc}") from None
+        data, sections = build_file(b"", [], head)
         _atomic_write(path, data)
         return cls(path, data, sections)
 
@@ -350,6 +368,10 @@ class PackedStore:
             n: torch.from_numpy(v.reshape(self._layers[n]).copy())
             for n, v in self._current.items()
         }
+
+    def spec(self) -> dict | None:
+        """The ``spec`` section written by :meth:`create` (a copy), or None when it has none."""
+        return None if self._spec is None else json.loads(json.dumps(self._spec))
 
     def task_meta(self, task: int) -> dict[str, str | int | float | bool]:
         self._check_task(task)

@@ -108,7 +108,7 @@ def test_aarch64_bundle_is_cross_compiled(tmp_path) -> None:  # noqa: ANN001
     model, x = block_sparse_mlp(), torch.randn(1, 32)
     folder = get_export()(model, x, Target.aarch64(), tmp_path, task=0, store_hash="h",
                           cache_dir=tmp_path / "cache")
-    lib = (folder / "model.so").read_bytes()
+    lib = (folder / "model-b1.so").read_bytes()
     assert lib[:4] == b"\x7fELF" and lib[18] == 183  # e_machine == EM_AARCH64
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["latency"] is None and manifest["numerics"] is None

@@ -50,6 +50,30 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"cache_dir": cache, "data_dir": local, "empty": root / "empty"}
 
 
+def apply_steps(steps: list[dict], x: np.ndarray) -> torch.Tensor:
+    """A task's preprocessing as data (``Stream.task_preprocess``), run on uint8 images the way
+    a deployment would, independently of the stream's own transform."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    for step in steps:
+        if step["op"] == "pad":
+            ph, pw = step["to"] - t.shape[-2], step["to"] - t.shape[-1]
+            t = torch.nn.functional.pad(t, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        elif step["op"] == "scale":
+            t = t.to(torch.float32) / step["divide_by"]
+        elif step["op"] == "permute_pixels":
+            t = t.reshape(len(t), -1)[:, step["permutation"]].reshape(t.shape)
+        elif step["op"] == "rotate":
+            t = rotate(t, step["degrees"])
+        elif step["op"] == "normalize":
+            t = (t - torch.tensor(step["mean"]).view(1, -1, 1, 1)) / torch.tensor(
+                step["std"]).view(1, -1, 1, 1)
+        elif step["op"] == "repeat_channels":
+            t = t.expand(-1, step["to"], -1, -1)
+        else:
+            raise AssertionError(f"unknown step {step['op']!r}")
+    return t
+
+
 def raw_mnist(data: dict[str, Path], name: str = "mnist") -> dict[str, np.ndarray]:
     with np.load(data["cache_dir"] / name / f"{name}.npz") as z:
         return {k: z[k] for k in z.files}
@@ -89,6 +113,17 @@ class StreamContract:
                 )
             assert set(task.train.y.tolist()) == set(range(task.num_classes))
             assert set(task.test.y.tolist()) == set(range(task.num_classes))
+
+    def test_preprocessing_as_data_repeats_the_transform(self, data: dict[str, Path]) -> None:
+        stream = self.build(data)
+        for i in range(min(len(stream), 3)):
+            pre = stream.task_preprocess(i)
+            raw = stream._specs[i].make()
+            want = raw.transform(raw.test_x)
+            torch.testing.assert_close(apply_steps(pre["steps"], raw.test_x), want,
+                                       rtol=0, atol=1e-6)
+            if "classes" in pre:
+                assert len(pre["classes"]) == stream.task_info(i)[1]
 
     def test_val_is_carved_from_train_and_test_is_untouched(self, data: dict[str, Path]) -> None:
         task = self.build(data, val_fraction=0.25).load(self.n_tasks - 1)
@@ -343,3 +378,11 @@ def test_normalize_standardizes_mnist_family_streams(
         assert torch.equal(a.y, b.y)
         torch.testing.assert_close(b.x, (a.x - mean) / sd)
     assert std.train.x.min() < 0  # the background is no longer 0
+    # the preprocessing as data (what bundles ship) says so too, and repeats the transform
+    stream_std = build_stream(BenchmarkConfig(**cfg, normalize=True))
+    steps = stream_std.task_preprocess(0)["steps"]
+    assert steps[-1] == {"op": "normalize", "mean": [mean], "std": [sd],
+                         "doc": "per channel: (x - mean) / std"}
+    raw = stream_std._specs[0].make()
+    torch.testing.assert_close(apply_steps(steps, raw.test_x), raw.transform(raw.test_x),
+                               rtol=0, atol=1e-5)

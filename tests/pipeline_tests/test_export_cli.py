@@ -30,9 +30,9 @@ def test_export_host_and_aarch64_bundles_from_a_store(tmp_path: Path,
     result = run_recipe(recipe)
     out = tmp_path / "exports"
     assert main(["export", str(result.store_path), "--all-tasks", "--target", "host",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--no-track"]) == 0
     printed = capsys.readouterr().out
-    assert "host/task-1: task 1, median" in printed
+    assert "host/task-1: task 1 (pmnist-1), median" in printed and "batch sizes [1, 8]" in printed
     # the store sits in its run folder: the run report is rebuilt with links to the bundles
     assert f"report: {result.run_dir / 'report.html'}" in printed
     report = (result.run_dir / "report.html").read_text()
@@ -50,9 +50,9 @@ def test_export_host_and_aarch64_bundles_from_a_store(tmp_path: Path,
         got = bundle.run(x)
         assert (got - ref).abs().max() / ref.abs().max() < 1e-4
     if main(["export", str(result.store_path), "--task", "0", "--target", "aarch64",
-             "--out", str(out)]) == 0:
+             "--out", str(out), "--no-track"]) == 0:
         manifest = json.loads((out / "aarch64" / "task-0" / "manifest.json").read_text())
-        assert manifest["latency"] is None and (out / "aarch64/task-0/model.so").exists()
+        assert manifest["latency"] is None and (out / "aarch64/task-0/model-b8.so").exists()
     assert main(["export", str(result.store_path), "--task", "5", "--target", "host",
                  "--out", str(out)]) == 2
     assert "task id must be in 0..1" in capsys.readouterr().err
