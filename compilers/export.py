@@ -38,8 +38,13 @@ ONNX_NAME = "model.onnx"
 BUNDLE_VERSION = 1
 
 
-def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path) -> None:
-    """``module`` as an ONNX file (input ``input``, output ``logits``), as bundles ship it."""
+def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path,
+                opset: int | None = None) -> None:
+    """``module`` as an ONNX file (input ``input``, output ``logits``), as bundles ship it.
+
+    ``opset``: the ONNX opset to write (None: the exporter's default, 20 with torch 2.13; runtimes
+    built on older ONNX, e.g. DeepSparse 1.8, need <= 19).
+    """
     # The TorchScript exporter: the dynamo one needs `onnxscript`, which taskpack does not ship.
     # torch 2.13 warns that it is deprecated on every call, and its internals warn about
     # their own deprecated helpers: DeprecationWarnings only, from this one call.
@@ -47,7 +52,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path) -> N
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module, (example_input,), str(path), dynamo=False,
-            input_names=["input"], output_names=["logits"],
+            input_names=["input"], output_names=["logits"], opset_version=opset,
         )
 
 
