@@ -365,6 +365,10 @@ def print_table(title: str, rows: list[Row]) -> None:
     by = {r.name: r.median_ms for r in rows if r.timing}
     dense = by.get("TVM tuned dense", float("nan"))
     clock = next((str(r.timing["clock"]) for r in rows if r.timing), "wall")
+
+    def vs_dense(ms: float) -> str:
+        return f"{dense / ms:13.2f}x" if dense == dense else f"{'-':>14s}"
+
     print(f"\n{title} (one Python call per inference, {clock} clock)")
     print(f"| {'row':58s} | median ms | p10-p90 ms        | CV    | vs tuned dense | bound ms "
           "| threads |")
@@ -377,7 +381,7 @@ def print_table(title: str, rows: list[Row]) -> None:
         t = r.timing
         bound = f"{r.bound_ms:8.4f}" if r.bound_ms is not None else f"{'-':>8s}"
         print(f"| {r.name:58s} | {r.median_ms:9.4f} | {t['p10_ms']:7.4f}-{t['p90_ms']:<9.4f} | "
-              f"{t['cv']:5.3f} | {dense / r.median_ms:13.2f}x | {bound} | {r.threads:7d} |")
+              f"{t['cv']:5.3f} | {vs_dense(r.median_ms)} | {bound} | {r.threads:7d} |")
     bs = by.get("TVM tuned + block-sparse")
     peers = {n: v for n, v in by.items() if n.split(" [")[0] in PEER_NAMES.values()}
     if bs is not None and peers:
