@@ -8,9 +8,10 @@ blocks over the (O, C*kh*kw) view, 90% of blocks removed), or (``--store``) the 
 Rows, side by side in one run at batch 1 and 64: PyTorch eager (dense-masked), the peer runtimes
 on the same pruned model exported to ONNX (ONNX Runtime, OpenVINO dense, OpenVINO with its
 sparse-weights option, DeepSparse; ``benchmarks/peer_runtimes.py``), TVM untuned, TVM tuned dense,
-TVM tuned + shrink, TVM tuned + block-sparse, TVM tuned + shrink + block-sparse, TVM + int8
-weights (hand-written int8 kernel, every linear including the head), TVM + block-sparse + int8
-(int8 block data). A peer that is not installed gives a row saying so; the rest still run.
+TVM tuned + shrink, TVM tuned + block-sparse, TVM tuned + shrink + block-sparse, TVM tuned +
+block-sparse + csr-sparse (unstructured layers through the CSR kernel), TVM + int8 weights
+(hand-written int8 kernel, every linear including the head), TVM + block-sparse + int8 (int8
+block data). A peer that is not installed gives a row saying so; the rest still run.
 Every figure is measured in this run; the roofline bound uses memory bandwidth and matmul
 throughput measured here too.
 
@@ -237,6 +238,8 @@ TVM_ROWS: dict[str, tuple[tuple[str, ...], bool]] = {  # key -> (transforms, tun
     "shrink": (("shrink",), True),
     "block-sparse": (("block_sparse",), True),
     "shrink+block-sparse": (("shrink", "block_sparse"), True),
+    # unstructured layers through the CSR kernel, block-structured ones through BSR
+    "block-sparse+csr": (("block_sparse", "csr_sparse"), True),
     # int8 rows: every linear runs a hand-scheduled kernel, so there is nothing to tune.
     "int8": (("int8",), True),
     "block-sparse+int8": (("block_sparse", "int8"), True),
@@ -245,6 +248,7 @@ TVM_ROW_NAMES = {
     "untuned": "TVM untuned", "dense": "TVM tuned dense", "shrink": "TVM tuned + shrink",
     "block-sparse": "TVM tuned + block-sparse",
     "shrink+block-sparse": "TVM tuned + shrink + block-sparse",
+    "block-sparse+csr": "TVM tuned + block-sparse + csr-sparse",
     "int8": "TVM + int8 weights", "block-sparse+int8": "TVM + block-sparse + int8",
 }
 PEER_NAMES = {
@@ -386,7 +390,9 @@ def print_table(title: str, rows: list[Row]) -> None:
     peers = {n: v for n, v in by.items() if n.split(" [")[0] in PEER_NAMES.values()}
     if bs is not None and peers:
         fastest = min(peers, key=peers.__getitem__)
-        print(f"block-sparse vs the fastest peer ({fastest}): {peers[fastest] / bs:.2f}x faster")
+        ratio = peers[fastest] / bs
+        print(f"block-sparse vs the fastest peer ({fastest}): {ratio:.2f}x "
+              f"({'faster' if ratio >= 1 else 'slower'})")
     if bs is not None and dense == dense:
         print(f"block-sparse vs tuned dense TVM: {dense / bs:.2f}x faster")
     i8 = by.get("TVM + int8 weights")

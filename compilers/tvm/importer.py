@@ -1,8 +1,9 @@
 """torch.export -> Relax, with the custom ops lowered to the hand-written TIR kernels.
 
-The importer maps ``taskpack::bsr_linear``, ``taskpack::bsr_conv2d`` (im2col + the BSR kernel) and
-``taskpack::int8_linear`` nodes to a ``call_tir`` of the hand-written kernels in
-:mod:`compilers.tvm.kernels`, with the BSR arrays / int8 weights baked in as constants.
+The importer maps ``taskpack::bsr_linear``, ``taskpack::bsr_conv2d`` (im2col + the BSR kernel),
+``taskpack::csr_linear`` (transpose + the CSR kernel) and ``taskpack::int8_linear`` nodes to a
+``call_tir`` of the hand-written kernels in :mod:`compilers.tvm.kernels`, with the BSR / CSR arrays
+and int8 weights baked in as constants.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import BuildFailed
+from ..ops.csr import CSR_OP_NAME
 from ..ops.int8 import INT8_OP_NAME
 from ..ops.sparse import CONV_OP_NAME, OP_NAME
 from ._api import load
@@ -27,6 +29,7 @@ from .kernels.bsr import (
     pack_bsr,
     transpose_kernel,
 )
+from .kernels.csr import csr_linear_kernel, pack_csr
 from .kernels.int8 import int8_linear_kernel, pack_int8
 
 __all__ = ["constant_bytes", "hand_kernels", "import_relax"]
@@ -138,6 +141,33 @@ def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
     return convert
 
 
+def _csr_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
+    """The importer hook for ``taskpack::csr_linear``: transpose x, the CSR kernel."""
+
+    def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
+        relax = load().relax
+        bb = importer.block_builder
+        x = importer.env[node.args[0]]
+        weight = _param(tensors, node.args[1], "csr_linear").astype(np.float32)
+        bias_node, relu = node.args[2], node.args[3]
+        m, k = weight.shape
+        shape = [int(d) for d in node.args[0].meta["val"].shape]
+        if len(shape) != 2:
+            raise BuildFailed(f"csr_linear input must be 2-D (batch, features), but got {shape}.")
+        batch = shape[0]
+        bias = np.zeros(m, np.float32)
+        if bias_node is not None:
+            bias[:] = _param(tensors, bias_node, "csr_linear")
+        packed = pack_csr(weight)
+        tr = bb.add_func(transpose_kernel(batch, k), "transpose")
+        xt = bb.emit(relax.call_tir(tr, [x], relax.TensorType((k, batch), "float32")))
+        gv = bb.add_func(csr_linear_kernel(batch, packed, relu), "csr_linear")
+        args = [xt] + [relax.const(a) for a in (packed.data, packed.indices, packed.indptr, bias)]
+        return bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, m), "float32")))
+
+    return convert
+
+
 def _int8_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
     """The importer hook for ``taskpack::int8_linear``: int8 constants into the int8 kernel."""
 
@@ -229,6 +259,7 @@ def import_relax(model: nn.Module, example_input: torch.Tensor,
                     OP_NAME: _bsr_converter(tensors, bsr_schedule or default_choice),
                     CONV_OP_NAME: _bsr_conv2d_converter(tensors),
                     INT8_OP_NAME: _int8_converter(tensors),
+                    CSR_OP_NAME: _csr_converter(tensors),
                 },
             )
     except BuildFailed:
