@@ -6,8 +6,9 @@ a tuned build for a target that runs on this machine, every candidate of
 :func:`~compilers.tvm.kernels.bsr.schedule_candidates` is built alone with the layer's real packed
 weights and timed in turns, best of 5 samples each, at the build's threads (an ``x_transposed``
 candidate of a linear layer is charged the transpose kernel it needs); the fastest is recorded in
-``<tuning database folder>/bsr_schedules.json`` under the workload (shape, block, batch, stored
-blocks, dtype, ReLU), so each workload is measured once per database, like MetaSchedule's records.
+``<tuning database folder>/bsr_schedules.json`` under the workload (shape, block, batch, kept-block
+fraction in 5% steps, dtype, ReLU), so each workload is measured once per database, like
+MetaSchedule's records.
 Untuned builds and targets that cannot run here use :func:`default_schedule`.
 """
 
@@ -71,10 +72,13 @@ class BSRScheduleTable:
 
     @staticmethod
     def workload(weight: np.ndarray, bh: int, bw: int, batch: int, relu: bool) -> str:
+        """Shape, block, batch, dtype, ReLU and the kept-block fraction in steps of 5%: the
+        search's trials differ in their masks, and one measurement serves a density band."""
         m, k = weight.shape
-        nnz = pack_bsr(weight, bh, bw, 1).nnz_blocks
+        kept = pack_bsr(weight, bh, bw, 1).nnz_blocks / max(1, (m // bh) * (k // bw))
         dtype = np.dtype(weight.dtype).name
-        return f"{m}x{k}-b{bh}x{bw}-n{batch}-nnz{nnz}-{dtype}-relu{int(relu)}"
+        return (f"{m}x{k}-b{bh}x{bw}-n{batch}-kept{round(kept * 20) * 5:02d}pct-{dtype}"
+                f"-relu{int(relu)}")
 
     def choose(self, weight: np.ndarray, bh: int, bw: int, batch: int, relu: bool,
                *, transposes_input: bool = True) -> BSRSchedule:
