@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup toolchain postgres chromium data lint typecheck clean
+.PHONY: demo test setup toolchain postgres chromium data lint typecheck clean bench bench-deepsparse
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -63,3 +63,15 @@ typecheck: setup
 
 clean:
 	rm -rf $(VENV) mlruns
+
+# Peer runtimes for benchmarks/latency.py (optional; the product does not need them).
+# OpenVINO installs into .venv through the `bench` extra. DeepSparse 1.8.0 pins numpy<2, onnx<1.15
+# and pydantic<2.8, so it gets its own venv (Python 3.11 or older: it has no later wheels), which
+# latency.py runs as a worker (--deepsparse-python, default .venv-deepsparse/bin/python).
+bench: $(STAMP)
+	$(BIN)/pip install -qq -e '.[bench]'
+
+# (PY=python3.11 make bench-deepsparse where python3 is newer.)
+bench-deepsparse:
+	$(PY) -m venv .venv-deepsparse
+	.venv-deepsparse/bin/pip install -qq deepsparse==1.8.0

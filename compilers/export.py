@@ -58,8 +58,14 @@ def library_name(batch: int) -> str:
     return f"model-b{batch}.so"
 
 
-def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path) -> None:
-    """``module`` as an ONNX file (input ``input``, output ``logits``, a symbolic ``batch``)."""
+def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path,
+                opset: int | None = None) -> None:
+    """``module`` as an ONNX file (input ``input``, output ``logits``, a symbolic ``batch``), as
+    bundles ship it.
+
+    ``opset``: the ONNX opset to write (None: the exporter's default, 20 with torch 2.13; runtimes
+    built on older ONNX, e.g. DeepSparse 1.8, need <= 19).
+    """
     # The TorchScript exporter: the dynamo one needs `onnxscript`, which taskpack does not ship.
     # torch 2.13 warns that it is deprecated on every call, and its internals warn about
     # their own deprecated helpers: DeprecationWarnings only, from this one call.
@@ -67,7 +73,7 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path) -> N
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module, (example_input,), str(path), dynamo=False,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
 

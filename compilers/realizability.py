@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .targets import Target
-from .transforms import BLOCK_SHAPES, MAX_BLOCK_DENSITY
+from .transforms import BLOCK_SHAPES, MAX_BLOCK_DENSITY, MAX_CSR_DENSITY
 
 __all__ = ["LayerSpec", "Realizability", "layer_realizability"]
 
@@ -57,4 +57,14 @@ def layer_realizability(spec: LayerSpec, target: Target,
         and spec.in_features % block[1] == 0
     ):
         return "speed-realizable"  # the TIR block-sparse kernel (convs via im2col; CPU only)
-    return "storage-only"  # unstructured / n:m / bits without int8 / conv int8: no kernel
+    if (
+        "csr_sparse" in transforms
+        and spec.kind == "linear"
+        and spec.pattern in ("unstructured", "nm")
+        and cpu
+        and 1 - spec.sparsity <= MAX_CSR_DENSITY
+    ):
+        return "speed-realizable"  # the TIR CSR kernel (linear layers, CPU only)
+    # unstructured / n:m without csr_sparse (or too dense, or conv) / bits without int8 /
+    # conv int8: no kernel
+    return "storage-only"

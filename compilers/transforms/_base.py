@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 # Bumped when a transform changes what it builds, so compile and latency caches keyed by
-# compilers.hashing do not serve results of the old transform (2: block-aware shrink).
-TRANSFORMS_VERSION = 2
+# compilers.hashing do not serve results of the old transform (2: block-aware shrink; 3: batched
+# block-sparse schedules, measured per workload).
+TRANSFORMS_VERSION = 3
 
 
 @dataclass(frozen=True)

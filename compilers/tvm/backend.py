@@ -28,8 +28,10 @@ from ..targets import Target, cross_compiler_path
 from ..threads import all_cores, default_threads
 from ..transforms import apply_transforms, changes_numerics, quantization_error
 from ._api import load
+from .bsr_tuning import BSRScheduleTable
 from .importer import constant_bytes, hand_kernels, import_relax
 from .model import TVMModel
+from .runtime import set_threads
 from .tuning import TuningDatabase
 
 __all__ = ["THREADS_FILE", "TVMCompiler", "to_tvm_target"]
@@ -94,9 +96,17 @@ class TVMCompiler(Compiler):
         tvm_target = to_tvm_target(target)
         cross_compiler_path(target)  # fail early when an aarch64 target has no linker
         prepared = apply_transforms(module, transforms)
-        mod = import_relax(prepared, example_input)
-        kernels = hand_kernels(mod)
         db = TuningDatabase(cache_dir, target)
+        # Tuned builds that run here measure each block-sparse layer's kernel schedule once per
+        # workload (recorded beside the database); others take the default schedule.
+        bsr_table = (BSRScheduleTable(db.folder, tvm_target)
+                     if tune_trials > 0 and target.runs_locally and target.kind == "host"
+                     else None)
+        if bsr_table is not None:
+            set_threads(threads)
+        mod = import_relax(prepared, example_input,
+                           bsr_table.choose if bsr_table is not None else None)
+        kernels = hand_kernels(mod)
         start = time.perf_counter()
         tuned = 0
         schedules: dict[str, str] = {}
@@ -126,7 +136,8 @@ class TVMCompiler(Compiler):
             key=key,
             notes={"build_s": build_s, "workloads_tuned": tuned, "schedules": schedules,
                    "tvm_target": str(tvm_target), "constant_bytes": constant_bytes(mod),
-                   "hand_kernels": kernels},
+                   "hand_kernels": kernels,
+                   "bsr_schedules": bsr_table.chosen if bsr_table is not None else []},
             threads=threads,
             executable=executable,
         )

@@ -1,23 +1,35 @@
 """torch.export -> Relax, with the custom ops lowered to the hand-written TIR kernels.
 
-The importer maps ``taskpack::bsr_linear``, ``taskpack::bsr_conv2d`` (im2col + the BSR kernel) and
-``taskpack::int8_linear`` nodes to a ``call_tir`` of the hand-written kernels in
-:mod:`compilers.tvm.kernels`, with the BSR arrays / int8 weights baked in as constants.
+The importer maps ``taskpack::bsr_linear``, ``taskpack::bsr_conv2d`` (im2col + the BSR kernel),
+``taskpack::csr_linear`` (transpose + the CSR kernel) and ``taskpack::int8_linear`` nodes to a
+``call_tir`` of the hand-written kernels in :mod:`compilers.tvm.kernels`, with the BSR / CSR arrays
+and int8 weights baked in as constants.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import BuildFailed
+from ..ops.csr import CSR_OP_NAME
 from ..ops.int8 import INT8_OP_NAME
 from ..ops.sparse import CONV_OP_NAME, OP_NAME
 from ._api import load
-from .kernels.bsr import bsr_linear_kernel, im2col_kernel, kernel_tiling, pack_bsr
+from .bsr_tuning import default_choice
+from .kernels.bsr import (
+    BSRSchedule,
+    bsr_linear_kernel,
+    im2col_kernel,
+    kernel_tiling,
+    pack_bsr,
+    transpose_kernel,
+)
+from .kernels.csr import csr_linear_kernel, pack_csr
 from .kernels.int8 import int8_linear_kernel, pack_int8
 
 __all__ = ["constant_bytes", "hand_kernels", "import_relax"]
@@ -38,8 +50,15 @@ def _param(tensors: dict[str, torch.Tensor], node, op: str) -> np.ndarray:  # no
     return tensors[node.name].detach().cpu().numpy()
 
 
-def _bsr_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
-    """The importer hook for ``taskpack::bsr_linear``; ``tensors`` maps graph inputs to values."""
+BSRChooser = Callable[..., BSRSchedule]  # (weight, bh, bw, batch, relu) -> schedule
+
+
+def _bsr_converter(tensors: dict[str, torch.Tensor], choose: BSRChooser):  # noqa: ANN202
+    """The importer hook for ``taskpack::bsr_linear``; ``tensors`` maps graph inputs to values.
+
+    ``choose`` picks the kernel's schedule; an ``x_transposed`` one gets a transpose kernel in
+    front (the input as (K, batch)).
+    """
 
     def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
         relax = load().relax
@@ -61,9 +80,15 @@ def _bsr_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
             if scale_node is not None
             else np.ones(m, dtype=np.float32)
         )
-        packed = pack_bsr(weight, bh, bw, group=kernel_tiling(batch)[0])
-        func = bsr_linear_kernel(batch, packed, relu)
-        gv = importer.block_builder.add_func(func, "bsr_linear")
+        schedule = choose(weight, bh, bw, batch, relu)
+        packed = pack_bsr(weight, bh, bw, group=schedule.u)
+        func = bsr_linear_kernel(batch, packed, relu, schedule=schedule)
+        bb = importer.block_builder
+        if schedule.x_transposed:
+            k = int(weight.shape[1])
+            tr = bb.add_func(transpose_kernel(batch, k), "transpose")
+            x = bb.emit(relax.call_tir(tr, [x], relax.TensorType((k, batch), "float32")))
+        gv = bb.add_func(func, "bsr_linear")
         consts = (packed.data, packed.indices, packed.indptr, scale.astype(np.float32),
                   bias.astype(np.float32))
         args = [x] + [relax.const(a) for a in consts]
@@ -112,6 +137,33 @@ def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
         args = [cols] + [relax.const(a) for a in consts]
         y = bb.emit(relax.call_tir(gv, args, relax.TensorType((n, o, ho * wo), "float32")))
         return bb.emit(relax.op.reshape(y, (n, o, ho, wo)))
+
+    return convert
+
+
+def _csr_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
+    """The importer hook for ``taskpack::csr_linear``: transpose x, the CSR kernel."""
+
+    def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
+        relax = load().relax
+        bb = importer.block_builder
+        x = importer.env[node.args[0]]
+        weight = _param(tensors, node.args[1], "csr_linear").astype(np.float32)
+        bias_node, relu = node.args[2], node.args[3]
+        m, k = weight.shape
+        shape = [int(d) for d in node.args[0].meta["val"].shape]
+        if len(shape) != 2:
+            raise BuildFailed(f"csr_linear input must be 2-D (batch, features), but got {shape}.")
+        batch = shape[0]
+        bias = np.zeros(m, np.float32)
+        if bias_node is not None:
+            bias[:] = _param(tensors, bias_node, "csr_linear")
+        packed = pack_csr(weight)
+        tr = bb.add_func(transpose_kernel(batch, k), "transpose")
+        xt = bb.emit(relax.call_tir(tr, [x], relax.TensorType((k, batch), "float32")))
+        gv = bb.add_func(csr_linear_kernel(batch, packed, relu), "csr_linear")
+        args = [xt] + [relax.const(a) for a in (packed.data, packed.indices, packed.indptr, bias)]
+        return bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, m), "float32")))
 
     return convert
 
@@ -174,8 +226,14 @@ def hand_kernels(mod) -> list[str]:  # noqa: ANN001 - an IRModule
     )
 
 
-def import_relax(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201 - IRModule
-    """torch.export the module and translate it to a Relax IRModule with weights as constants."""
+def import_relax(model: nn.Module, example_input: torch.Tensor,
+                 bsr_schedule: BSRChooser | None = None):  # noqa: ANN201 - IRModule
+    """torch.export the module and translate it to a Relax IRModule with weights as constants.
+
+    ``bsr_schedule(weight, bh, bw, batch, relu)`` picks each block-sparse linear layer's kernel
+    schedule (default: :func:`~compilers.tvm.kernels.bsr.default_schedule`; the backend passes
+    :meth:`~compilers.tvm.bsr_tuning.BSRScheduleTable.choose` on tuned builds).
+    """
     api = load()
     try:
         with torch.no_grad():
@@ -198,9 +256,10 @@ def import_relax(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201
                 keep_params_as_input=False,
                 unwrap_unit_return_tuple=True,
                 custom_convert_map={
-                    OP_NAME: _bsr_converter(tensors),
+                    OP_NAME: _bsr_converter(tensors, bsr_schedule or default_choice),
                     CONV_OP_NAME: _bsr_conv2d_converter(tensors),
                     INT8_OP_NAME: _int8_converter(tensors),
+                    CSR_OP_NAME: _csr_converter(tensors),
                 },
             )
     except BuildFailed:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,22 @@ class TVMModel(CompiledModel):
     def _input(self, x: torch.Tensor):  # noqa: ANN202
         api = load()
         return api.tvm.runtime.tensor(np.ascontiguousarray(x.detach().cpu().numpy()), self._dev)
+
+    def bind(self, x: torch.Tensor) -> Callable[[], Any]:
+        """A zero-argument call running one inference on ``x``, for timing a Python call per
+        inference (``benchmarks/latency.py``): ``x`` is converted to a TVM array once, the output
+        stays a TVM array, the thread pool is set as for :meth:`run`. Local targets only."""
+        if self.target.kind == "rpc":
+            raise TargetUnavailable(
+                f"bind() runs locally; target {self.target.name!r} is behind RPC (use measure()).")
+        inp = self._call(lambda: self._input(x))  # connects, sets the pool
+        main, threads = self._vm["main"], self.threads
+
+        def call() -> Any:  # noqa: ANN401 - a TVM array
+            set_threads(threads)
+            return main(inp)
+
+        return call
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         def go() -> torch.Tensor:

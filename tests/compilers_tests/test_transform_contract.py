@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from compilers import apply_transforms, transform_names
-from compilers.ops import BlockSparseLinear, Int8Linear
+from compilers.ops import BlockSparseLinear, CSRLinear, Int8Linear
 from compilers.transforms import get_transform
 
 
@@ -85,7 +85,8 @@ class TransformContract:
         linears = [m for m in reference.modules() if isinstance(m, nn.Linear)]
         assert [tuple(m.weight.shape) for m in linears] == [
             tuple(getattr(m, "weight", getattr(m, "qweight", None)).shape)
-            for m in kernel.modules() if isinstance(m, nn.Linear | BlockSparseLinear | Int8Linear)
+            for m in kernel.modules()
+            if isinstance(m, nn.Linear | BlockSparseLinear | Int8Linear | CSRLinear)
         ]
         torch.testing.assert_close(kernel(x), reference(x), rtol=1e-6, atol=1e-6)
 
@@ -130,6 +131,34 @@ class TestBlockSparse(TransformContract):
     def expected(self) -> nn.Module:
         hidden, _, head = self.before()
         return nn.Sequential(BlockSparseLinear(hidden, 16, 1, relu=True), copy.deepcopy(head))
+
+
+class TestCSRSparse(TransformContract):
+    """A 16x8 layer with 10% unstructured nonzeros -> the CSR op (ReLU fused); a 50% dense layer
+    and the head stay dense."""
+
+    name = "csr_sparse"
+
+    def before(self) -> nn.Module:
+        sparse, half, head = _linear(16, 8, 0), _linear(16, 16, 2), _linear(4, 16, 1)
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            keep = torch.rand(16, 8, generator=gen) < 0.1
+            sparse.weight.mul_(keep.float())
+            half.weight[:, ::2] = 0
+        return nn.Sequential(sparse, nn.ReLU(), half, nn.ReLU(), head).eval()
+
+    def expected(self) -> nn.Module:
+        sparse, _, half, relu, head = self.before()
+        return nn.Sequential(CSRLinear(sparse, relu=True), copy.deepcopy(half), nn.ReLU(),
+                             copy.deepcopy(head))
+
+    def test_block_sparse_layers_keep_the_bsr_kernel(self) -> None:
+        from .conftest import block_sparse_mlp
+
+        both = apply_transforms(block_sparse_mlp(), ("block_sparse", "csr_sparse"))
+        assert [type(m).__name__ for m in both] == [
+            "BlockSparseLinear", "BlockSparseLinear", "Linear"]
 
 
 class TestInt8(TransformContract):
