@@ -16,12 +16,21 @@ from pipeline.recipe._methods import (
     PackNetMethod,
     PruneConfig,
     QuantizeConfig,
+    RigLConfig,
     TSNMethod,
     WSNMethod,
     register_method_config,
 )
 from pipeline.recipe._pattern import Pattern
 from pipeline.recipe._plan import match_layers, plan_for_layers
+from pipeline.recipe._plugins import (
+    DataRemovalPlugin,
+    DataSievingPlugin,
+    GradientMaskingPlugin,
+    LayerFreezingPlugin,
+    PluginConfig,
+    register_plugin_config,
+)
 from pipeline.recipe._schema import (
     BenchmarkConfig,
     CompressionConfig,
@@ -40,6 +49,12 @@ from pipeline.recipe._schema import (
 )
 
 __all__ = [
+    "DataRemovalPlugin",
+    "DataSievingPlugin",
+    "GradientMaskingPlugin",
+    "LayerFreezingPlugin",
+    "PluginConfig",
+    "register_plugin_config",
     "BenchmarkConfig",
     "CompressionConfig",
     "ExSSNeTMethod",
@@ -52,6 +67,7 @@ __all__ = [
     "PruneConfig",
     "QuantizeConfig",
     "Recipe",
+    "RigLConfig",
     "SearchConfig",
     "SearchConstraints",
     "SearchSpaceRule",
