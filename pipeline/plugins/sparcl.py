@@ -106,7 +106,7 @@ class GradientMasking(TrainPlugin):
         return (a >= threshold).to(g.dtype), nonzero.numel()
 
     def weight_grad_fraction(self, layer: str) -> float:
-        return self.cfg.keep
+        return self.cfg.keep if layer in self.model.masked_layers() else 1.0
 
     def stats(self) -> dict[str, float]:
         kept = self.kept / self.nonzero if self.nonzero else 1.0
