@@ -132,8 +132,9 @@ def _train_epochs(method: Method, task: int, data: Task, cfg: TrainConfig, phase
                     idx = order[i:i + cfg.batch_size]
                     with dev.autocast():
                         out = forward(data.train.x[idx], task)
-                    loss = method.loss(task, out.float(), data.train.y[idx])
-                    plugins.after_forward(task, idx, out.detach(), data.train.y[idx])
+                    y = data.train.y[idx]
+                    loss = method.loss(task, out.float(), y)
+                    plugins.after_forward(task, idx, out.detach(), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     method.after_backward(task)
