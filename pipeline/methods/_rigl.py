@@ -18,10 +18,11 @@ the masked-out positions is rebuilt from them (a matmul for Linear, ``conv2d_wei
 The mask lives in the layer's scores (mode ``scores``, scores frozen): the update writes 0 into a
 dropped position's score and the layer's largest |score| into a regrown one, so the top-c of
 |score| is the new mask and the training loop's best-state restore brings back the mask with the
-weights it belongs to. Deviations from the paper: the initial mask is the top-c of the scores' own
-Kaiming-uniform init (uniform random, not ERK); a just-dropped position is not regrown in the same
-update (RigL may regrow it); drop/regrow act on own weights only (shared positions stay in the
-mask); the optimizer's moments at regrown positions are not reset.
+weights it belongs to. Deviations from the paper: the initial mask is the top-c of
+Kaiming-uniform scores re-drawn per task (uniform random, not ERK; ExSSNeT starts from its learned
+mask); a just-dropped position is not regrown in the same update (RigL may regrow it);
+drop/regrow act on own weights only (shared positions stay in the mask); the optimizer's moments
+at regrown positions are not reset.
 """
 
 from __future__ import annotations

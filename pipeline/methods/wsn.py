@@ -6,16 +6,19 @@ weight decay; a fresh optimizer per task keeps stale moments from moving them. A
 best state is restored and the task's mask is recomputed from the restored scores (the reference
 code keeps the last step's mask instead).
 
-With ``mask: rigl`` the scores do not train: the mask starts as the top-c of their init and is
-rewired by RigL (``pipeline.methods._rigl``), dropping own weights and regrowing free positions.
+With ``mask: rigl`` the scores do not train: each task's mask starts as the top-c of freshly
+initialised scores (a uniform random mask) and is rewired by RigL (``pipeline.methods._rigl``),
+dropping own weights and regrowing free positions.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from pipeline.methods._base import MaskMode, Method, Phase, TaskMasks
 from pipeline.methods._registry import register_method
@@ -50,6 +53,11 @@ class WSN(Method):
             raise ValueError(f"tasks must come in order: expected {done}, got {task}")
         if self.rigl is not None:
             self.rigl.reset_stats()
+            # a fresh random mask per task: the scores do not train under RigL, so the last
+            # task's scores would give exactly its mask, all held, and nothing to rewire
+            with torch.no_grad():
+                for layer in self.model.masked_layers().values():
+                    nn.init.kaiming_uniform_(layer.score, a=math.sqrt(5))
 
     def eval_mode(self, task: int) -> MaskMode:
         return MaskMode("scores", self.density)

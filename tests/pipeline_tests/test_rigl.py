@@ -83,6 +83,7 @@ def test_a_rigl_task_rewires_only_free_positions_and_leaves_the_held_ones() -> N
         keep = max(1, round(0.5 * layer.weight.numel()))
         assert int(second.mask[name].sum()) == keep  # the density is exact
         assert not (second.own[name] & held[name]).any()  # own positions were free
+        assert second.own[name].any()  # a fresh random mask: the task claims free positions
         assert torch.equal(layer.weight[held[name]], weights[name][held[name]])
         assert layer.score.requires_grad  # scores train again after the phase
 
