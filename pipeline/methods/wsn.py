@@ -42,7 +42,9 @@ class WSN(Method):
         self.masks: list[dict[str, torch.Tensor]] = []
         # positions whose weight the current task must not change (M_{t-1} for WSN)
         self.frozen = self.consolidated
-        self.rigl = RigLMask(model, cfg.rigl, cfg.density) if cfg.mask == "rigl" else None
+        # a subclass whose config has no ``mask`` field (a method built on WSN) runs top-k
+        rigl = getattr(cfg, "rigl", None) if getattr(cfg, "mask", "topk") == "rigl" else None
+        self.rigl = None if rigl is None else RigLMask(model, rigl, cfg.density)
         self._rigl_epochs = 1
         self.train_cfg = recipe.train if recipe is not None else TrainConfig()
 
