@@ -96,7 +96,8 @@ def task_metrics(rec: TaskRecord, row: list[float], before: float, baseline: flo
            **{f"method/{k}": v for k, v in (rec.masks.stats if rec.masks else {}).items()}}
     if rec.train is not None:
         out |= {"epochs": rec.train.epochs, "best_epoch": rec.train.best_epoch,
-                "train_seconds": rec.train.seconds, "final_lr": rec.train.final_lr}
+                "train_seconds": rec.train.seconds, "final_lr": rec.train.final_lr,
+                **{f"train/{k}": v for k, v in rec.train.stats.items()}}
     return out
 
 

@@ -66,6 +66,8 @@ class TrainReport:
     final_lr: float
     seconds: float
     epoch_seconds: list[float] = field(default_factory=list)  # per epoch, validation included
+    # training cost (examples_seen, backward_flops) and the plugins' figures (pipeline.plugins)
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -43,11 +43,28 @@ class StoreSpec:
     source: str  # where it came from: "store spec" or the recipe's path
 
 
+# Where this machine keeps things: not part of what a task is, so the store leaves them out (the
+# same run in another folder writes the same bytes; the defaults apply when the spec is read).
+_LOCAL_PATHS = {"": ("output_dir", "tuning_cache"), "benchmark": ("data_dir", "cache_dir"),
+                "store": ("path",)}
+
+
+def portable_recipe(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as a dict without its machine-local paths (``_LOCAL_PATHS``)."""
+    out = recipe_to_dict(recipe)
+    for section, keys in _LOCAL_PATHS.items():
+        where = out.get(section, {}) if section else out
+        for key in keys:
+            if isinstance(where, dict):
+                where.pop(key, None)
+    return out
+
+
 def build_spec(recipe: Recipe, stream: Any) -> dict[str, Any]:
     """The ``spec`` section's JSON object for a run of ``recipe`` over ``stream``."""
     return {
         "spec_version": SPEC_VERSION,
-        "recipe": recipe_to_dict(recipe),
+        "recipe": portable_recipe(recipe),
         "input_shape": [int(d) for d in stream.input_shape],
         "tasks": [{"name": name, "num_classes": int(n), "preprocess": _pack(pre)}
                   for name, n, pre in ((*stream.task_info(i), stream.task_preprocess(i))

@@ -4,6 +4,10 @@ A phase gets a fresh optimizer. After each epoch the validation loss decides: ke
 state; if it has not improved for ``patience`` epochs divide the lr by ``lr_factor``; stop when
 the lr falls below ``lr_min`` (or when the method's ``after_epoch`` says so). At the end of a
 phase its best state is restored. Works for any registered ``Method``.
+
+The recipe's ``train.plugins`` (pipeline.plugins) run inside the same loop through one set of
+hooks; every task reports what its training cost (examples seen, analytic backward FLOPs) in
+``TrainReport.stats``, with or without plugins.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pipeline.device import TrainDevice
 from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate_live
 from pipeline.methods import Method, Phase
+from pipeline.plugins import TrainCost, TrainPlugins
 from pipeline.progress import QUIET, Bars
 from pipeline.recipe import TrainConfig
 from pipeline.session import TrainReport
@@ -65,24 +70,42 @@ def train_task(method: Method, task: int, data: Task, cfg: TrainConfig,
     # the example order comes from a CPU generator, so it is the same on every device
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + task)
     dev = device or TrainDevice.host()
+    plugins = TrainPlugins.build(cfg.plugins, method)
+    plugins.begin_task(task, data)
+    cost = TrainCost()
     report, epochs, per_epoch = None, 0, []
     for phase in method.phases(task):  # may be a generator: a phase can depend on the last
-        report = _train_phase(method, task, data, cfg, phase, gen, bars, dev)
+        report = _train_phase(method, task, data, cfg, phase, gen, bars, dev, plugins, cost)
         epochs += report.epochs
         per_epoch += report.epoch_seconds
     if report is None:
         raise PipelineError(f"method {method.cfg.kind!r} gave task {task} no training phase")
     return replace(report, epochs=epochs, seconds=time.perf_counter() - start,
-                   epoch_seconds=per_epoch)
+                   epoch_seconds=per_epoch, stats=cost.stats() | plugins.stats())
 
 
 def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase: Phase,
-                 gen: torch.Generator, bars: Bars, dev: TrainDevice) -> TrainReport:
+                 gen: torch.Generator, bars: Bars, dev: TrainDevice, plugins: TrainPlugins,
+                 cost: TrainCost) -> TrainReport:
     model = method.model
     forward = compiled(model) if cfg.compile else model
-    on = data.train.x.device
     start = time.perf_counter()
     phase.mode.apply(model)
+    cost.probe(model, task, data.train.x[:2])
+    plugins.begin_phase(phase)
+    try:
+        return _train_epochs(method, task, data, cfg, phase, gen, bars, dev, plugins, cost,
+                             forward, start)
+    finally:
+        plugins.end_phase()
+
+
+def _train_epochs(method: Method, task: int, data: Task, cfg: TrainConfig, phase: Phase,
+                  gen: torch.Generator, bars: Bars, dev: TrainDevice, plugins: TrainPlugins,
+                  cost: TrainCost, forward: Callable[..., torch.Tensor],
+                  start: float) -> TrainReport:
+    model = method.model
+    on = data.train.x.device
     if phase.lr is not None:
         cfg = cfg.model_copy(update={"lr": phase.lr})
     if phase.optimizer is not None:
@@ -103,7 +126,9 @@ def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase:
                 order = torch.randperm(len(data.train), generator=gen)
             else:
                 order = chosen.cpu()[torch.randperm(len(chosen), generator=gen)]
-            order = order.to(on)  # one copy per epoch, none per step
+            order = plugins.select(task, epoch, order.to(on))  # one copy per epoch
+            trained = {id(p) for p in params}
+            cost.begin_epoch(trained, plugins.weight_grad_fraction)
             steps = math.ceil(len(order) / cfg.batch_size)
             finite = torch.ones((), dtype=torch.bool, device=on)
             with bars.bar(f"epoch {epoch}", steps) as bbar:
@@ -111,10 +136,14 @@ def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase:
                     idx = order[i:i + cfg.batch_size]
                     with dev.autocast():
                         out = forward(data.train.x[idx], task)
-                    loss = method.loss(task, out.float(), data.train.y[idx])
+                    y = data.train.y[idx]
+                    loss = method.loss(task, out.float(), y)
+                    plugins.after_forward(task, idx, out.detach(), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     method.after_backward(task)
+                    plugins.after_backward(task)
+                    cost.step(len(idx))
                     opt.step()
                     method.after_step(task)
                     # the host reads the loss every _SYNC steps only: each read waits for
@@ -140,6 +169,7 @@ def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase:
                         g["lr"] = lr
                     if lr < cfg.lr_min:
                         break
+            plugins.after_epoch(task, epoch)
             if method.after_epoch(task, epoch, val_acc):
                 break
     with torch.no_grad():

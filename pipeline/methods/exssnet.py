@@ -18,6 +18,10 @@ Deviations from the paper: per-task heads (a dense Linear per task that trains i
 instead of one masked classifier; taskpack's plateau lr schedule instead of cosine; the backbone
 starts as SupSup's signed constants (``signed_constant``) but is then trained on E_t as the paper
 does.
+
+With ``mask: rigl`` the weight phase rewires E_t as RigL does (``pipeline.methods._rigl``): every
+few steps the smallest exclusive weights leave the mask and as many free positions (in no earlier
+task) with the largest dense gradient join it at weight 0; the mask phase is unchanged.
 """
 
 from __future__ import annotations
@@ -149,6 +153,12 @@ class ExSSNeT(WSN):
             for w in weights:
                 w.requires_grad_(True)
         if self.cfg.weight_epochs == 0:
+            return
+        if self.rigl is not None:  # the scores carry the mask RigL rewires (and restores)
+            yield from self.rewired(Phase(
+                "weights", [{"params": weights, "weight_decay": 0.0},
+                            {"params": scores, "weight_decay": 0.0}, {"params": own}],
+                MaskMode("scores", self.density), epochs=self.cfg.weight_epochs))
             return
         masks = {n: topc_mask(m.score, self.density) for n, m in layers.items()}
         yield Phase("weights", [{"params": weights, "weight_decay": 0.0}, {"params": own}],

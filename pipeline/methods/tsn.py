@@ -53,7 +53,7 @@ class TSN(WSN):
             own[name] = m & (~held | changed)
             shared[name] = m & ~own[name]
         self.masks.append(mask)
-        return TaskMasks(mask, own, shared, self.capacity_stats())
+        return TaskMasks(mask, own, shared, self.task_stats())
 
 
 register_method("tsn", TSNMethod, TSN)

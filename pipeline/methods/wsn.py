@@ -5,19 +5,26 @@ gradient. Weights used by earlier tasks (the consolidated mask M_{t-1}) get zero
 weight decay; a fresh optimizer per task keeps stale moments from moving them. After training the
 best state is restored and the task's mask is recomputed from the restored scores (the reference
 code keeps the last step's mask instead).
+
+With ``mask: rigl`` the scores do not train: each task's mask starts as the top-c of freshly
+initialised scores (a uniform random mask) and is rewired by RigL (``pipeline.methods._rigl``),
+dropping own weights and regrowing free positions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from pipeline.methods._base import MaskMode, Method, Phase, TaskMasks
 from pipeline.methods._registry import register_method
+from pipeline.methods._rigl import RigLMask
 from pipeline.models import ContinualNet, topc_mask
-from pipeline.recipe import Recipe, TSNMethod, WSNMethod
+from pipeline.recipe import Recipe, TrainConfig, TSNMethod, WSNMethod
 
 if TYPE_CHECKING:
     from pipeline.data import Task
@@ -35,12 +42,24 @@ class WSN(Method):
         self.masks: list[dict[str, torch.Tensor]] = []
         # positions whose weight the current task must not change (M_{t-1} for WSN)
         self.frozen = self.consolidated
+        # a subclass whose config has no ``mask`` field (a method built on WSN) runs top-k
+        rigl = getattr(cfg, "rigl", None) if getattr(cfg, "mask", "topk") == "rigl" else None
+        self.rigl = None if rigl is None else RigLMask(model, rigl, cfg.density)
+        self._rigl_epochs = 1
+        self.train_cfg = recipe.train if recipe is not None else TrainConfig()
 
     def begin_task(self, task: int, store: PackedStore | None = None,
                    data: Task | None = None) -> None:
         done = len(self.masks) if store is None else store.num_tasks
         if task != done:
             raise ValueError(f"tasks must come in order: expected {done}, got {task}")
+        if self.rigl is not None:
+            self.rigl.reset_stats()
+            # a fresh random mask per task: the scores do not train under RigL, so the last
+            # task's scores would give exactly its mask, all held, and nothing to rewire
+            with torch.no_grad():
+                for layer in self.model.masked_layers().values():
+                    nn.init.kaiming_uniform_(layer.score, a=math.sqrt(5))
 
     def eval_mode(self, task: int) -> MaskMode:
         return MaskMode("scores", self.density)
@@ -54,7 +73,26 @@ class WSN(Method):
             {"params": [m.score for m in layers], "weight_decay": 0.0},
             {"params": own},
         ]
-        return [Phase("train", groups, self.eval_mode(task))]
+        phase = Phase("train", groups, self.eval_mode(task))
+        return [phase] if self.rigl is None else self.rewired(phase)
+
+    def rewired(self, phase: Phase) -> Iterator[Phase]:
+        """``phase`` with RigL rewiring the mask (its scores frozen; see ``_rigl``)."""
+        assert self.rigl is not None
+        epochs = self.train_cfg.epochs if phase.epochs is None else phase.epochs
+        self._rigl_epochs = epochs
+        # planned steps: set by select_examples once the epoch's example count is known
+        with self.rigl.phase(self.consolidated, 0):
+            yield phase
+
+    def select_examples(self, task: int, epoch: int, n: int) -> torch.Tensor | None:
+        if self.rigl is not None and self.rigl.active and epoch == 0:
+            self.rigl.plan(self._rigl_epochs, n, self.train_cfg.batch_size)
+        return None
+
+    def after_step(self, task: int) -> None:
+        if self.rigl is not None:
+            self.rigl.after_step()
 
     def after_backward(self, task: int) -> None:
         for name, layer in self.model.masked_layers().items():
@@ -70,7 +108,7 @@ class WSN(Method):
             shared[name] = m & self.consolidated[name]
             self.consolidated[name] |= m
         self.masks.append(mask)
-        return TaskMasks(mask, own, shared, self.capacity_stats())
+        return TaskMasks(mask, own, shared, self.task_stats())
 
     def after_commit(self, task: int, store: PackedStore) -> None:
         if len(self.masks) < task:  # resumed: the earlier tasks' masks come from the store
@@ -91,6 +129,11 @@ class WSN(Method):
                 layer.weight.copy_(torch.where(held[name], values[name], layer.weight))
                 self.consolidated[name] = held[name].clone()
         self.frozen = self.consolidated
+
+    def task_stats(self) -> dict[str, float]:
+        """What ``end_task`` reports: capacity, and RigL's rewiring when ``mask: rigl``."""
+        rigl = {} if self.rigl is None else self.rigl.stats()
+        return self.capacity_stats() | rigl
 
     def capacity_stats(self) -> dict[str, float]:
         total = sum(m.numel() for m in self.consolidated.values())

@@ -16,6 +16,7 @@ from pipeline.recipe._methods import (
     PackNetMethod,
     PruneConfig,
     QuantizeConfig,
+    RigLConfig,
     SupSupMethod,
     TSNMethod,
     WSNMethod,
@@ -23,6 +24,14 @@ from pipeline.recipe._methods import (
 )
 from pipeline.recipe._pattern import Pattern
 from pipeline.recipe._plan import match_layers, plan_for_layers
+from pipeline.recipe._plugins import (
+    DataRemovalPlugin,
+    DataSievingPlugin,
+    GradientMaskingPlugin,
+    LayerFreezingPlugin,
+    PluginConfig,
+    register_plugin_config,
+)
 from pipeline.recipe._schema import (
     BenchmarkConfig,
     CompressionConfig,
@@ -41,6 +50,12 @@ from pipeline.recipe._schema import (
 )
 
 __all__ = [
+    "DataRemovalPlugin",
+    "DataSievingPlugin",
+    "GradientMaskingPlugin",
+    "LayerFreezingPlugin",
+    "PluginConfig",
+    "register_plugin_config",
     "BenchmarkConfig",
     "CompressionConfig",
     "ExSSNeTMethod",
@@ -53,6 +68,7 @@ __all__ = [
     "PruneConfig",
     "QuantizeConfig",
     "Recipe",
+    "RigLConfig",
     "SearchConfig",
     "SearchConstraints",
     "SearchSpaceRule",

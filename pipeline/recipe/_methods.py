@@ -24,7 +24,8 @@ from pipeline.errors import did_you_mean
 from pipeline.recipe._section import BITS, _Section
 
 __all__ = ["ExSSNeTMethod", "MethodConfig", "MethodField", "PackNetMethod", "PruneConfig",
-           "QuantizeConfig", "SupSupMethod", "TSNMethod", "WSNMethod", "register_method_config"]
+           "QuantizeConfig", "RigLConfig", "SupSupMethod", "TSNMethod", "WSNMethod",
+           "register_method_config"]
 
 
 class MethodConfig(_Section):
@@ -79,11 +80,33 @@ MethodField = Annotated[SerializeAsAny[MethodConfig], WrapValidator(_validate_me
                         _MethodSchema]
 
 
+class RigLConfig(_Section):
+    """RigL's schedule for ``mask: rigl`` (docs/methods.md): every ``interval`` steps drop the
+    smallest of the task's own weights and regrow as many free positions by dense-gradient
+    magnitude; the swapped fraction decays from ``fraction`` to 0 by a cosine until ``end``."""
+
+    interval: int = Field(default=100, ge=1, le=1_000_000,
+                          description="training steps between two mask updates (RigL's delta T)")
+    fraction: float = Field(default=0.3, gt=0, le=1,
+                            description="initial fraction of own weights swapped per update "
+                            "(RigL's alpha)")
+    end: float = Field(default=0.75, gt=0, le=1,
+                       description="updates stop after this fraction of a phase's planned steps "
+                       "(RigL's T_end)")
+
+
+MaskKind = Literal["topk", "rigl"]
+_MASK_HELP = ("topk: the mask is the top-c of learned scores (WSN); rigl: a fixed-density mask "
+              "the task rewires by RigL's drop (own weights) and regrow (free positions)")
+
+
 class WSNMethod(MethodConfig):
     """Winning SubNetworks: per-layer scores, top-c mask, earlier tasks' weights frozen."""
 
     kind: Literal["wsn"] = "wsn"
     density: float = Field(default=0.5, gt=0, le=1, description="c: fraction of weights kept")
+    mask: MaskKind = Field(default="topk", description=_MASK_HELP)
+    rigl: RigLConfig = RigLConfig()
 
 
 class PruneConfig(_Section):
@@ -128,6 +151,8 @@ class TSNMethod(MethodConfig):
     policy: Literal["reuse_only", "split"] = "split"
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
+    mask: MaskKind = Field(default="topk", description=_MASK_HELP)
+    rigl: RigLConfig = RigLConfig()
 
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]
@@ -183,6 +208,11 @@ class ExSSNeTMethod(MethodConfig):
         description="KKT's sample: ceil(fraction x training batches) + 1 batches")
     kkt_k: int = Field(default=200, ge=1, le=100_000,
                        description="neighbours of KKT's k-NN classifier")
+    mask: MaskKind = Field(
+        default="topk", description="topk: the weight phase trains the mask's exclusive weights "
+        "as learned; rigl: the weight phase rewires them (drop the smallest, regrow free "
+        "positions by gradient, RigL)")
+    rigl: RigLConfig = RigLConfig()
 
 
 register_method_config("wsn", WSNMethod)

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.recipe._methods import MethodField, WSNMethod
 from pipeline.recipe._pattern import Pattern
+from pipeline.recipe._plugins import PluginField
 from pipeline.recipe._section import BITS, RecipePath, Seed, _Section, check_regex
 from pipeline.recipe._storage import check_storage_url, check_tracking_uri
 
@@ -114,6 +115,18 @@ class TrainConfig(_Section):
     deterministic: bool = Field(
         default=False, description="deterministic kernels only (torch.use_deterministic_"
         "algorithms); slower on CUDA; see docs/training.md")
+    plugins: list[PluginField] = Field(
+        default=[], max_length=16,
+        description="training-efficiency plugins, run in this order (docs/training.md); each "
+        "acts on the task's own weights and data only")
+
+    @field_validator("plugins")
+    @classmethod
+    def _one_of_each(cls, v: list) -> list:
+        kinds = [p.kind for p in v]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"each plugin kind may appear once, got {kinds}")
+        return v
 
     @model_validator(mode="after")
     def _lr_min_below_lr(self) -> TrainConfig:

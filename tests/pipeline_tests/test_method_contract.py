@@ -158,6 +158,27 @@ class TestSupSup(MethodContract):
     method = {"kind": "supsup", "density": 0.3, "optimizer": "adam"}
 
 
+# ``mask: rigl``: the same contract with the mask rewired every 2 steps (the updates run: the
+# contract recipe has ~15 steps per epoch)
+_RIGL = {"mask": "rigl", "rigl": {"interval": 2, "fraction": 0.5, "end": 1.0}}
+
+
+class TestWSNRigL(MethodContract):
+    method = {**TestWSN.method, **_RIGL}
+
+
+class TestTSNSplitRigL(MethodContract):
+    method = {**TestTSNSplit.method, **_RIGL}
+
+
+class TestTSNReuseOnlyRigL(MethodContract):
+    method = {**TestTSNReuseOnly.method, **_RIGL}
+
+
+class TestExSSNeTRigL(MethodContract):
+    method = {**TestExSSNeT.method, **_RIGL}
+
+
 # ---- a method that exists only here, registered like any other --------------------------------
 class FirstTaskConfig(MethodConfig):
     kind: Literal["test-first-task"] = "test-first-task"
