@@ -25,6 +25,7 @@ from pipeline.recipe._plan import match_layers, plan_for_layers
 from pipeline.recipe._schema import (
     BenchmarkConfig,
     CompressionConfig,
+    EvaluationConfig,
     LayerPlan,
     LayerRule,
     ModelConfig,
@@ -42,6 +43,7 @@ from pipeline.recipe._schema import (
 __all__ = [
     "BenchmarkConfig",
     "CompressionConfig",
+    "EvaluationConfig",
     "ExSSNeTMethod",
     "LayerPlan",
     "LayerRule",
