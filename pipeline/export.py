@@ -56,7 +56,7 @@ def store_task_modules(store_path: Path, tasks: list[int] | None = None,
     store = PackedStore.open(store_path, expect_fingerprint=model_fingerprint(
         recipe.model, stream.input_shape))
     wanted = list(range(store.num_tasks)) if tasks is None else tasks
-    model = build_model(recipe.model, stream.input_shape)
+    model = build_model(recipe.model, stream.input_shape, stream.task_info(0)[1])  # shared head
     for t in range(max(wanted) + 1 if wanted else 0):
         if t < store.num_tasks:
             model.add_task(int(store.task_meta(t).get("num_classes") or
