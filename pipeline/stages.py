@@ -71,7 +71,9 @@ def stage_evaluate(s: Session, upto: int) -> tuple[Row, Row | None]:
                                        bs)[0]
         return [acc.get(j) for j in range(upto + 1)], None
     # every committed task is a candidate, whichever tasks this row tests
-    snaps = {j: committed_snapshot(s.store, j) for j in range(upto + 1)}
+    dev = s.device.device  # moved once: inference classifies batch by batch
+    snaps = {j: {k: v.to(dev) for k, v in committed_snapshot(s.store, j).items()}
+             for j in range(upto + 1)}
     sup = build_superposition(s.model, snaps)
     inferred: dict[int, float] = {}
     for j in tested:

@@ -51,8 +51,8 @@ __all__ = ["Superposition", "build_superposition", "entropy", "entropy_grads",
 Inference = Literal["one_shot", "binary"]
 InferPer = Literal["sample", "batch"]
 
-# per-sample gradients are computed in chunks holding at most this many floats (512 MB)
-_CHUNK_FLOATS = 1 << 27
+# per-sample gradients are computed in chunks holding at most this many floats (128 MB)
+_CHUNK_FLOATS = 1 << 25
 
 
 @dataclass
@@ -208,6 +208,20 @@ def infer_tasks(model: ContinualNet, sup: Superposition, x: torch.Tensor, infere
     return torch.tensor(sup.tasks, device=x.device)[pos]
 
 
+def _guesses(model: ContinualNet, sup: Superposition, x: torch.Tensor, batch_size: int,
+             inference: Inference, per: InferPer, batch_stats: bool) -> torch.Tensor:
+    """The inferred task of every input of ``x`` (per batch: its batch's decision)."""
+    if per == "sample":
+        return infer_tasks(model, sup, x, inference, "sample")
+    if not batch_stats:
+        # a batch's decision depends on its first input alone: decide them all at once
+        firsts = infer_tasks(model, sup, x[::batch_size], inference, "sample")
+        return firsts.repeat_interleave(batch_size)[:len(x)]
+    return torch.cat([infer_tasks(model, sup, x[i:i + batch_size], inference, "batch",
+                                  True).expand(len(x[i:i + batch_size]))
+                      for i in range(0, len(x), batch_size)])
+
+
 @torch.no_grad()
 def evaluate_inferred(model: ContinualNet, snapshots: dict[int, dict[str, torch.Tensor]],
                       sup: Superposition, task: int, split: Split, batch_size: int,
@@ -222,20 +236,18 @@ def evaluate_inferred(model: ContinualNet, snapshots: dict[int, dict[str, torch.
     was_training = model.training
     model.eval()
     model.set_mode("dense")
-    right = inferred_right = 0
+    right = 0
     try:
+        guess = _guesses(model, sup, split.x, batch_size, inference, per, batch_stats)
         for i in range(0, len(split), batch_size):
-            xb, yb = split.x[i:i + batch_size], split.y[i:i + batch_size]
-            guess = infer_tasks(model, sup, xb, inference, per, batch_stats)
-            if per == "batch":
-                guess = guess.expand(len(xb))
+            xb, yb, gb = (v[i:i + batch_size] for v in (split.x, split.y, guess))
             pred = torch.empty_like(yb)
-            for t in guess.unique().tolist():
-                idx = (guess == t).nonzero().flatten()
+            for t in gb.unique().tolist():
+                idx = (gb == t).nonzero().flatten()
                 logits = snapshot_logits(model, snapshots[t], t, xb[idx], batch_size)
                 pred[idx] = logits.argmax(1)
             right += int((pred == yb).sum())
-            inferred_right += int((guess == task).sum())
     finally:
         model.train(was_training)
+    inferred_right = int((guess == task).sum())
     return 100.0 * right / len(split), 100.0 * inferred_right / len(split)

@@ -167,3 +167,35 @@ def test_evaluate_inferred_classifies_with_the_inferred_task() -> None:
     acc, inf = evaluate_inferred(model, snaps, sup, 0, Split(x, torch.zeros(len(x),
                                  dtype=torch.long)), 4, "binary", "batch")
     assert inf == 25.0
+
+
+@pytest.mark.gpu
+def test_inference_runs_on_the_gpu_with_host_snapshots() -> None:
+    # snapshots come from the store in host memory; the model and data are on the GPU
+    n = 4
+    model = tiny_mlp(hidden=(6,), dim=6).cuda()
+    for _ in range(n):
+        model.add_task(3)
+    snaps, x = _separable(model, n)
+    sup = build_superposition(model, snaps)
+    x = x.cuda()
+    for t in range(n):
+        xs = x[t * 4:(t + 1) * 4]
+        y = snapshot_logits(model, snaps[t], t, xs, 8).argmax(1)
+        assert evaluate_inferred(model, snaps, sup, t, Split(xs, y), 2, "binary",
+                                 "sample") == (100.0, 100.0)
+
+
+@pytest.mark.parametrize("inference", ["one_shot", "binary"])
+def test_per_batch_decisions_made_at_once_equal_one_call_per_batch(inference: str) -> None:
+    from pipeline.task_inference import _guesses
+
+    model = tiny_mlp(hidden=(6,), dim=4, norm="per_task")
+    sup = build_superposition(model, _random_tasks(model, 5, seed=3))
+    model.eval()
+    model.set_mode("dense")
+    x = torch.randn(23, 1, 1, 4, generator=torch.Generator().manual_seed(4))
+    got = _guesses(model, sup, x, 5, inference, "batch", False)  # type: ignore[arg-type]
+    want = torch.cat([infer_tasks(model, sup, x[i:i + 5], inference, "batch")  # type: ignore
+                      .expand(len(x[i:i + 5])) for i in range(0, 23, 5)])
+    assert torch.equal(got, want)
