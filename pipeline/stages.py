@@ -74,7 +74,7 @@ def stage_evaluate(s: Session, upto: int) -> tuple[Row, Row | None]:
     dev = s.device.device  # moved once: inference classifies batch by batch
     snaps = {j: {k: v.to(dev) for k, v in committed_snapshot(s.store, j).items()}
              for j in range(upto + 1)}
-    sup = build_superposition(s.model, snaps)
+    sup = build_superposition(s.model, snaps).to(dev)
     inferred: dict[int, float] = {}
     for j in tested:
         acc[j], inferred[j] = evaluate_inferred(s.model, snaps, sup, j, s.tests[j], bs,

@@ -74,8 +74,19 @@ class Superposition:
         return sum(math.prod(s) for s in self.shapes[:self.differentiable])
 
     def mix(self, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
-        """theta(alpha) = sum_i alpha_i theta_i, keyed like the model's state dict."""
-        return self._split(alpha.to(self.theta) @ self.theta)
+        """theta(alpha) = sum_i alpha_i theta_i, keyed like the model's state dict (only the
+        tasks with alpha_i != 0 are read)."""
+        alpha = alpha.to(self.theta)
+        used = alpha.nonzero().flatten()
+        if len(used) == len(alpha):
+            return self._split(alpha @ self.theta)
+        return self._split(alpha[used] @ self.theta[used])
+
+    def to(self, device: torch.device | str) -> Superposition:
+        """The same stack on ``device`` (move it once, beside the model)."""
+        return Superposition(self.names, self.shapes, self.theta.to(device),
+                             {k: v.to(device) for k, v in self.fixed.items()}, self.tasks,
+                             self.differentiable)
 
     def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         sizes = [math.prod(s) for s in self.shapes]
@@ -146,20 +157,24 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def entropy_grads(model: ContinualNet, sup: Superposition, alpha: torch.Tensor,
-                  x: torch.Tensor, per: InferPer, batch_stats: bool = False) -> torch.Tensor:
-    """dH/dalpha_i for every stacked task i, at mixture ``alpha`` (T,).
+                  x: torch.Tensor, per: InferPer, batch_stats: bool = False,
+                  among: torch.Tensor | None = None) -> torch.Tensor:
+    """dH/dalpha_i for every stacked task i, at mixture ``alpha`` (T,); with ``among`` (a bool
+    mask over the T tasks) only for those tasks, +inf for the others.
 
     ``per="sample"``: shape (B, T), each row the gradient of that input's entropy. ``per="batch"``:
     shape (1, T), the gradient of the first input's entropy (the whole batch is run when
     ``batch_stats``, since BN then normalises with the batch). The model must be in eval mode
     with its masked layers in ``dense`` mode.
     """
-    theta = sup.theta.to(x.device)[:, :sup.width]
+    sup = sup.to(x.device)  # a no-op when it is there already
+    rows = None if among is None else among.to(x.device).nonzero().flatten()
+    theta = (sup.theta if rows is None else sup.theta[rows])[:, :sup.width]
     mixed = sup.mix(alpha.to(x.device))
     names = sup.names[:sup.differentiable]
     params = {k: mixed[k] for k in names}
     const = {k: v for k, v in mixed.items() if k not in params}
-    const |= {k: v.to(x.device) for k, v in sup.fixed.items()}
+    const |= sup.fixed
 
     def h(p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, {**p, **const}, (xb,), {"task": 0}, strict=False)
@@ -168,22 +183,27 @@ def entropy_grads(model: ContinualNet, sup: Superposition, alpha: torch.Tensor,
     with torch.enable_grad():
         if per == "batch":
             g = grad(h)(params, x if batch_stats else x[:1])
-            flat = torch.cat([g[k].flatten() for k in names]).unsqueeze(0)
-            return flat @ theta.T
-        chunk = max(1, _CHUNK_FLOATS // max(1, theta.shape[1]))
-        per_sample = vmap(grad(lambda p, xi: h(p, xi.unsqueeze(0))), in_dims=(None, 0))
-        out = []
-        for i in range(0, len(x), chunk):
-            g = per_sample(params, x[i:i + chunk])
-            flat = torch.cat([g[k].flatten(1) for k in names], dim=1)
-            out.append(flat @ theta.T)
-        return torch.cat(out)
+            out = torch.cat([g[k].flatten() for k in names]).unsqueeze(0) @ theta.T
+        else:
+            chunk = max(1, _CHUNK_FLOATS // max(1, theta.shape[1]))
+            per_sample = vmap(grad(lambda p, xi: h(p, xi.unsqueeze(0))), in_dims=(None, 0))
+            parts = []
+            for i in range(0, len(x), chunk):
+                g = per_sample(params, x[i:i + chunk])
+                parts.append(torch.cat([g[k].flatten(1) for k in names], dim=1) @ theta.T)
+            out = torch.cat(parts)
+    if rows is None:
+        return out
+    full = out.new_full((len(out), len(sup.tasks)), math.inf)
+    full[:, rows] = out
+    return full
 
 
 def infer_tasks(model: ContinualNet, sup: Superposition, x: torch.Tensor, inference: Inference,
                 per: InferPer, batch_stats: bool = False) -> torch.Tensor:
     """The inferred task (a committed task id) per input (``per="sample"``, shape (B,)) or for
     the batch (``per="batch"``, shape (1,))."""
+    sup = sup.to(x.device)
     n = len(sup.tasks)
     rows = len(x) if per == "sample" else 1
     cand = torch.ones(rows, n, dtype=torch.bool, device=x.device)
@@ -197,8 +217,7 @@ def infer_tasks(model: ContinualNet, sup: Superposition, x: torch.Tensor, infere
             idx = (which == gi).nonzero().flatten()
             alpha = row.float() / row.sum()
             xs = x[idx] if per == "sample" else x
-            g = entropy_grads(model, sup, alpha, xs, per, batch_stats)
-            g = g.masked_fill(~row, math.inf)
+            g = entropy_grads(model, sup, alpha, xs, per, batch_stats, among=row)
             keep = 1 if inference == "one_shot" else math.ceil(int(row.sum()) / 2)
             picked = g.topk(keep, dim=1, largest=False).indices
             sel = torch.zeros_like(g, dtype=torch.bool).scatter_(1, picked, True)

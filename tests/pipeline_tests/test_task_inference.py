@@ -50,8 +50,9 @@ def _autograd_alpha(model, sup, alpha: torch.Tensor, x: torch.Tensor) -> torch.T
     """dH/dalpha by autograd through theta(alpha) = sum alpha_i theta_i (the reference); BN
     running statistics are mixed too but held constant (BN gives them no gradient)."""
     a = alpha.clone().requires_grad_(True)
+    full = sup._split(a @ sup.theta)  # every task in the graph, those with alpha_i = 0 too
     mixed = {k: v.detach() if k.endswith(("running_mean", "running_var")) else v
-             for k, v in sup.mix(a).items()}
+             for k, v in full.items()}
     logits = functional_call(model, {**mixed, **sup.fixed}, (x,), {"task": 0}, strict=False)
     entropy(logits[:1]).sum().backward()
     assert a.grad is not None
@@ -76,6 +77,14 @@ def test_entropy_gradient_matches_autograd_through_alpha(norm: str, head: str) -
     assert per_sample.shape == (5, 4)
     for b in range(5):
         torch.testing.assert_close(per_sample[b], _autograd_alpha(model, sup, alpha, x[b:b + 1]))
+    among = torch.tensor([True, False, True, False])
+    some = entropy_grads(model, sup, alpha, x, "sample", among=among)
+    torch.testing.assert_close(some[:, among], per_sample[:, among])
+    assert torch.isinf(some[:, ~among]).all()
+    # tasks with alpha_i = 0 are left out of the mixture but still get their gradient
+    half = torch.tensor([0.5, 0.0, 0.5, 0.0])
+    torch.testing.assert_close(entropy_grads(model, sup, half, x, "batch")[0],
+                               _autograd_alpha(model, sup, half, x[:1]))
 
 
 def test_entropy_gradient_with_batch_statistics_uses_the_whole_batch() -> None:
