@@ -89,10 +89,21 @@ class Superposition:
                              self.differentiable)
 
     def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        sizes = [math.prod(s) for s in self.shapes]
-        parts = flat.split(sizes, dim=-1)
+        return self._unflatten(flat, self.names, self.shapes)
+
+    def _split_parts(self, grads: torch.Tensor, stats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``_split`` of a flat vector given as its differentiable and its statistics part
+        (kept apart so no statistic is a view of a tensor that requires grad)."""
+        d = self.differentiable
+        return (self._unflatten(grads, self.names[:d], self.shapes[:d])
+                | self._unflatten(stats, self.names[d:], self.shapes[d:]))
+
+    @staticmethod
+    def _unflatten(flat: torch.Tensor, names: list[str],
+                   shapes: list[torch.Size]) -> dict[str, torch.Tensor]:
+        parts = flat.split([math.prod(s) for s in shapes], dim=-1)
         return {n: p.reshape(*flat.shape[:-1], *s)
-                for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
+                for n, p, s in zip(names, parts, shapes, strict=True)}
 
 
 def _canonical(model: ContinualNet, task: int) -> dict[str, str]:
@@ -199,6 +210,29 @@ def entropy_grads(model: ContinualNet, sup: Superposition, alpha: torch.Tensor,
     return full
 
 
+def _grads_per_input(model: ContinualNet, sup: Superposition, alphas: torch.Tensor,
+                     x: torch.Tensor) -> torch.Tensor:
+    """dH_b/dalpha_{b,i} (B, T) where input b has its own mixture ``alphas[b]``: the mixtures
+    are one matmul (B x T @ T x P) and their gradients one vmap, in chunks."""
+    theta = sup.theta[:, :sup.width]
+    chunk = max(1, _CHUNK_FLOATS // (2 * max(1, sup.theta.shape[1])))
+
+    def h(pg: torch.Tensor, pc: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        p = sup._split_parts(pg, pc)
+        logits = functional_call(model, {**p, **sup.fixed}, (xi.unsqueeze(0),), {"task": 0},
+                                 strict=False)
+        return entropy(logits).sum()
+
+    per_input = vmap(grad(h), in_dims=(0, 0, 0))
+    parts = []
+    with torch.enable_grad():
+        for i in range(0, len(x), chunk):
+            mixed = alphas[i:i + chunk].to(sup.theta) @ sup.theta
+            g = per_input(mixed[:, :sup.width], mixed[:, sup.width:], x[i:i + chunk])
+            parts.append(g @ theta.T)
+    return torch.cat(parts)
+
+
 def infer_tasks(model: ContinualNet, sup: Superposition, x: torch.Tensor, inference: Inference,
                 per: InferPer, batch_stats: bool = False) -> torch.Tensor:
     """The inferred task (a committed task id) per input (``per="sample"``, shape (B,)) or for
@@ -209,20 +243,20 @@ def infer_tasks(model: ContinualNet, sup: Superposition, x: torch.Tensor, infere
     cand = torch.ones(rows, n, dtype=torch.bool, device=x.device)
     rounds = 1 if inference == "one_shot" else max(1, math.ceil(math.log2(n)))
     for _ in range(rounds):
-        if bool((cand.sum(1) <= 1).all()):
+        count = cand.sum(1)
+        if bool((count <= 1).all()):
             break
-        groups, which = torch.unique(cand, dim=0, return_inverse=True)
-        new = cand.clone()
-        for gi, row in enumerate(groups):
-            idx = (which == gi).nonzero().flatten()
-            alpha = row.float() / row.sum()
-            xs = x[idx] if per == "sample" else x
-            g = entropy_grads(model, sup, alpha, xs, per, batch_stats, among=row)
-            keep = 1 if inference == "one_shot" else math.ceil(int(row.sum()) / 2)
-            picked = g.topk(keep, dim=1, largest=False).indices
-            sel = torch.zeros_like(g, dtype=torch.bool).scatter_(1, picked, True)
-            new[idx] = sel
-        cand = new
+        keep = torch.ones_like(count) if inference == "one_shot" else (count + 1) // 2
+        groups = torch.unique(cand, dim=0)
+        if len(groups) == 1:  # one mixture for every input: mix it once
+            row = groups[0]
+            g = entropy_grads(model, sup, row.float() / row.sum(), x, per, batch_stats,
+                              among=row)
+        else:  # per-sample candidate sets (Binary after its first round)
+            g = _grads_per_input(model, sup, cand.float() / count.unsqueeze(1), x)
+            g = g.masked_fill(~cand, math.inf)
+        ranks = g.argsort(dim=1, stable=True).argsort(dim=1, stable=True)
+        cand = ranks < keep.unsqueeze(1)
     pos = cand.float().argmax(1)  # one candidate left per row
     return torch.tensor(sup.tasks, device=x.device)[pos]
 

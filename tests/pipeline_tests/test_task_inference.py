@@ -87,6 +87,23 @@ def test_entropy_gradient_matches_autograd_through_alpha(norm: str, head: str) -
                                _autograd_alpha(model, sup, half, x[:1]))
 
 
+@pytest.mark.parametrize("norm", ["none", "per_task"])
+def test_gradients_with_a_mixture_per_input_match_one_input_at_a_time(norm: str) -> None:
+    from pipeline.task_inference import _grads_per_input
+
+    model = tiny_mlp(hidden=(6, 5), dim=4, norm=norm)
+    sup = build_superposition(model, _random_tasks(model, 4, seed=5))
+    model.eval()
+    model.set_mode("dense")
+    x = torch.randn(6, 1, 1, 4, generator=torch.Generator().manual_seed(6))
+    alphas = torch.rand(6, 4, generator=torch.Generator().manual_seed(7))
+    alphas[1, 2] = 0.0
+    alphas = alphas / alphas.sum(1, keepdim=True)
+    got = _grads_per_input(model, sup, alphas, x)
+    for b in range(6):
+        torch.testing.assert_close(got[b], _autograd_alpha(model, sup, alphas[b], x[b:b + 1]))
+
+
 def test_entropy_gradient_with_batch_statistics_uses_the_whole_batch() -> None:
     model = tiny_mlp(hidden=(6,), dim=4, norm="stateless")
     sup = build_superposition(model, _random_tasks(model, 3))
