@@ -75,36 +75,67 @@ def _acc_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return acc, F.cross_entropy(logits, y).item()
 
 
+Row = list[float | None]  # None: a task not re-tested in that row (``evaluation.every``)
+
+
+def row_mean(values: Row) -> float:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
 @dataclass
 class AccuracyMatrix:
     """R[i][j] = test accuracy (%) on task j after learning task i, re-measured every time.
 
     ``before[j]`` is task j's accuracy just before it is trained (its head fresh), and
     ``baseline[j]`` that of the randomly initialised model; FWT is GEM's definition with them.
+
+    With ``evaluation.every: k`` only every k-th row (and the last) re-tests every earlier task;
+    the other rows hold the new task alone (R[i][i]) and ``None`` before it. ACC is the mean of
+    the final row and BWT compares the final row with the diagonal, both of which are always
+    measured, so they are the same figures a run with ``every: 1`` would report.
+    ``inferred`` holds, under ``evaluation.scenario: task_inferred``, the task-inference
+    accuracy (%) in the same layout (empty otherwise).
     """
 
-    rows: list[list[float]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     before: list[float] = field(default_factory=list)
     baseline: list[float] = field(default_factory=list)
+    inferred: list[Row] = field(default_factory=list)
 
-    def add_row(self, accs: list[float]) -> None:
+    def add_row(self, accs: Row, inferred: Row | None = None) -> None:
         if len(accs) != len(self.rows) + 1:
             raise ValueError(f"row {len(self.rows)} needs {len(self.rows) + 1} entries, "
                              f"got {len(accs)}")
+        if accs[-1] is None:
+            raise ValueError(f"row {len(self.rows)} must measure its own task (the diagonal)")
         self.rows.append(list(accs))
+        if inferred is not None:
+            self.inferred.append(list(inferred))
 
     @property
-    def final(self) -> list[float]:
+    def final(self) -> Row:
         return self.rows[-1] if self.rows else []
 
+    def complete(self, i: int) -> bool:
+        """Whether row ``i`` re-tested every task learned so far."""
+        return all(v is not None for v in self.rows[i])
+
     def acc(self) -> float:
-        return sum(self.final) / len(self.final) if self.rows else math.nan
+        return row_mean(self.final) if self.rows else math.nan
+
+    def task_inference_acc(self) -> float:
+        """Mean task-inference accuracy of the final row (NaN when the task was given)."""
+        return row_mean(self.inferred[-1]) if self.inferred else math.nan
 
     def bwt(self) -> float:
         t = len(self.rows)
         if t < 2:
             return 0.0
-        return sum(self.rows[-1][j] - self.rows[j][j] for j in range(t - 1)) / (t - 1)
+        final = self.rows[-1]
+        diffs = [f - d for j in range(t - 1)
+                 if (f := final[j]) is not None and (d := self.rows[j][j]) is not None]
+        return sum(diffs) / len(diffs) if diffs else math.nan
 
     def fwt(self) -> float:
         t = len(self.rows)
@@ -112,6 +143,10 @@ class AccuracyMatrix:
             return math.nan
         return sum(self.before[j] - self.baseline[j] for j in range(1, t)) / (t - 1)
 
-    def as_list(self) -> list[list[float | None]]:
+    def as_list(self) -> list[Row]:
         t = len(self.rows)
         return [row + [None] * (t - len(row)) for row in self.rows]
+
+    def inferred_as_list(self) -> list[Row]:
+        t = len(self.inferred)
+        return [row + [None] * (t - len(row)) for row in self.inferred]

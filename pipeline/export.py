@@ -58,7 +58,9 @@ def _spec_modules(store_path: Path, tasks: list[int] | None, recipe_path: Path |
     store = PackedStore.open(store_path, expect_fingerprint=model_fingerprint(
         spec.recipe.model, spec.input_shape))
     wanted = list(range(store.num_tasks)) if tasks is None else tasks
-    model = build_model(spec.recipe.model, spec.input_shape)
+    # a shared head is built with the backbone (every task has the same class count)
+    model = build_model(spec.recipe.model, spec.input_shape,
+                        spec.tasks[0].num_classes if spec.tasks else None)
     for t in range(max(wanted) + 1 if wanted else 0):
         if t < store.num_tasks:
             model.add_task(int(store.task_meta(t).get("num_classes") or

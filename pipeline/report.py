@@ -18,17 +18,23 @@ def write_artifacts(result: RunResult, run_dir: Path) -> list[Path]:
 
 def write_task_csv(result: RunResult, path: Path) -> Path:
     final = result.matrix.final
+    inferred = result.matrix.inferred[-1] if result.matrix.inferred else []
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", "name", "acc_at_commit", "acc_final", "val_acc", "epochs",
-                    "train_seconds", "resumed"])
+                    "train_seconds", "resumed"]
+                   + (["task_inference_acc_final"] if inferred else []))
         for rec in result.tasks:
             tr = rec.train
             w.writerow([rec.index, rec.name, f"{rec.acc_at_commit:.4f}",
-                        f"{final[rec.index]:.4f}", f"{rec.val_acc:.4f}",
+                        _cell(final[rec.index]), f"{rec.val_acc:.4f}",
                         tr.epochs if tr else "", f"{tr.seconds:.2f}" if tr else "",
-                        int(tr is None)])
+                        int(tr is None)] + ([_cell(inferred[rec.index])] if inferred else []))
     return path
+
+
+def _cell(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
 
 
 def write_heatmap(result: RunResult, path: Path) -> Path:
@@ -45,6 +51,8 @@ def write_heatmap(result: RunResult, path: Path) -> Path:
     im = ax.imshow(data, cmap="viridis", vmin=np.nanmin(data) if t else 0, vmax=100)
     for i in range(t):
         for j in range(i + 1):
+            if math.isnan(data[i, j]):  # not re-tested in that row (evaluation.every)
+                continue
             ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=7,
                     color="white" if data[i, j] < 90 else "black")
     ax.set_xlabel("evaluated task j")
@@ -68,14 +76,17 @@ def summary_table(result: RunResult) -> Table:
     final = result.matrix.final
     for rec in result.tasks:
         tr = rec.train
+        acc = final[rec.index]
         table.add_row(str(rec.index), rec.name, f"{rec.acc_at_commit:.2f}",
-                      f"{final[rec.index]:.2f}", str(tr.epochs) if tr else "resumed",
+                      "-" if acc is None else f"{acc:.2f}", str(tr.epochs) if tr else "resumed",
                       f"{tr.seconds:.1f}" if tr else "-")
     table.add_section()
     pad = [""] * (len(cols) - 4)
     table.add_row("ACC", "", "", f"{result.acc:.2f}", *pad)
     table.add_row("BWT", "", "", f"{result.bwt:+.3f}", *pad)
     table.add_row("FWT", "", "", f"{result.matrix.fwt():+.2f}", *pad)
+    if result.matrix.inferred:
+        table.add_row("task inf.", "", "", f"{result.matrix.task_inference_acc():.2f}", *pad)
     table.add_row("wall", "", "", f"{result.wall_s:.1f} s", *pad)
     sm = result.store_metrics
     if sm:

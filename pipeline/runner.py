@@ -24,7 +24,13 @@ from pipeline.compress import Compressor, PlanCompressor, task_tensors
 from pipeline.data import build_stream
 from pipeline.device import apply_settings, resolve_device
 from pipeline.errors import InputError, RecipeError
-from pipeline.evaluation import AccuracyMatrix, committed_snapshot, evaluate_snapshot
+from pipeline.evaluation import (
+    AccuracyMatrix,
+    Row,
+    committed_snapshot,
+    evaluate_snapshot,
+    row_mean,
+)
 from pipeline.methods import build_method
 from pipeline.models import build_model, model_fingerprint
 from pipeline.progress import QUIET, Bars
@@ -39,7 +45,7 @@ from pipeline.store import PackedStore, format_report
 from pipeline.store_spec import build_spec
 from pipeline.tracking import NoopTracker, Run, Tracker
 
-__all__ = ["prepare", "run_dir_for", "run_recipe", "same_recipe"]
+__all__ = ["head_classes", "prepare", "run_dir_for", "run_recipe", "same_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +72,11 @@ def prepare(recipe: Recipe, fresh: bool = False) -> Session:
     stream = build_stream(recipe.benchmark)
     # built on the CPU (the same initial weights whatever the device), then moved; the method
     # is built after the move, so its masks and scores live beside the weights
+    classes = head_classes(recipe, [stream.task_info(t)[1] for t in range(len(stream))])
     torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe.model, stream.input_shape).to(dev.device)
+    model = build_model(recipe.model, stream.input_shape, classes).to(dev.device)
     torch.manual_seed(recipe.train.seed)
-    scratch = build_model(recipe.model, stream.input_shape).to(dev.device)
+    scratch = build_model(recipe.model, stream.input_shape, classes).to(dev.device)
     method = build_method(model, recipe)
     run_dir = run_dir_for(recipe)
     store_path = recipe.store.path or run_dir / "store.tpk"
@@ -89,15 +96,35 @@ def prepare(recipe: Recipe, fresh: bool = False) -> Session:
     return Session(recipe, stream, model, method, scratch, store, run_dir, dev)
 
 
-def task_metrics(rec: TaskRecord, row: list[float], before: float, baseline: float) -> dict:
+def head_classes(recipe: Recipe, counts: list[int]) -> int | None:
+    """The class count of a shared head (None with per-task heads). A shared head, and
+    evaluation without a task id, need every task of the stream to have the same count."""
+    needs = [why for why, on in (("model.head: shared", recipe.model.head == "shared"),
+                                 ("evaluation.scenario: task_inferred",
+                                  recipe.evaluation.scenario == "task_inferred")) if on]
+    if needs and len(set(counts)) > 1:
+        raise RecipeError(f"{needs[0]} needs every task to have the same class count, but the "
+                          f"stream's tasks have {sorted(set(counts))} classes")
+    return counts[0] if recipe.model.head == "shared" and counts else None
+
+
+def task_metrics(rec: TaskRecord, row: Row, before: float, baseline: float,
+                 inferred: Row | None = None) -> dict:
     out = {"acc_at_commit": rec.acc_at_commit, "val_acc": rec.val_acc,
-           "acc_before_training": before, "acc_random_init": baseline,
-           "mean_acc_so_far": sum(row) / len(row), **rec.compression,
+           "acc_before_training": before, "acc_random_init": baseline, **rec.compression,
            **{f"method/{k}": v for k, v in (rec.masks.stats if rec.masks else {}).items()}}
     if rec.train is not None:
         out |= {"epochs": rec.train.epochs, "best_epoch": rec.train.best_epoch,
                 "train_seconds": rec.train.seconds, "final_lr": rec.train.final_lr,
                 **{f"train/{k}": v for k, v in rec.train.stats.items()}}
+    if all(a is not None for a in row):  # a row that re-tested every task (evaluation.every)
+        out["mean_acc_so_far"] = row_mean(row)
+    out |= {f"acc_task_{j}": a for j, a in enumerate(row) if a is not None}
+    if inferred is not None:
+        out |= {f"task_inference_acc_task_{j}": a for j, a in enumerate(inferred)
+                if a is not None}
+        if all(a is not None for a in inferred):
+            out["mean_task_inference_acc_so_far"] = row_mean(inferred)
     return out
 
 
@@ -144,8 +171,13 @@ def _finish(s: Session, result: RunResult, parent: Run) -> None:
     result.store_metrics = report.as_metrics()
     summary = {"acc": result.acc, "bwt": result.bwt, "fwt": result.matrix.fwt(),
                "wall_seconds": result.wall_s, **report.as_metrics()}
+    extra: dict = {}
+    if result.matrix.inferred:
+        summary["task_inference_acc"] = result.matrix.task_inference_acc()
+        extra["task_inference_matrix"] = result.matrix.inferred_as_list()
     (s.run_dir / "results.json").write_text(json.dumps(
-        {"summary": summary, "matrix": result.matrix.as_list(),
+        {"summary": summary, "matrix": result.matrix.as_list(), **extra,
+         "scenario": s.recipe.evaluation.scenario,
          "tasks": [r.name for r in result.tasks], "resumed_from_task": result.resumed_from},
         indent=2))
     (s.run_dir / "store_report.txt").write_text(format_report(report))
@@ -176,12 +208,15 @@ def _run_tasks(s: Session, result: RunResult, parent: Run, bars: Bars, first: in
                 child.end("FAILED")
                 raise
             child.end("FINISHED")
-            parent.log_metrics({"acc_mean_so_far": sum(row) / len(row)}, step=t)
-            bars.advance(tbar, info=f"acc {row[-1]:.2f}%  mean {sum(row) / len(row):.2f}%")
+            info = f"acc {row[-1]:.2f}%"
+            if all(a is not None for a in row):
+                parent.log_metrics({"acc_mean_so_far": row_mean(row)}, step=t)
+                info += f"  mean {row_mean(row):.2f}%"
+            bars.advance(tbar, info=info)
 
 
 def _one_task(s: Session, t: int, name: str, result: RunResult, child: Run, bars: Bars,
-              compressor: Compressor) -> list[float]:
+              compressor: Compressor) -> Row:
     task = s.load_task(t)
     s.tests.append(task.test)
     baseline = baseline_accuracy(s, task)
@@ -197,14 +232,13 @@ def _one_task(s: Session, t: int, name: str, result: RunResult, child: Run, bars
     bs = s.recipe.train.eval_batch_size
     acc_commit = evaluate_snapshot(s.model, snap, t, task.test, bs)[0]
     val_acc = evaluate_snapshot(s.model, snap, t, task.val, bs)[0]
-    row = stage_evaluate(s, t)
+    row, inferred = stage_evaluate(s, t)
     rec = TaskRecord(t, name, report, masks, acc_commit, val_acc, compressed.stats)
     result.tasks.append(rec)
-    result.matrix.add_row(row)
+    result.matrix.add_row(row, inferred)
     result.matrix.before.append(before)
     result.matrix.baseline.append(baseline)
     save_state(s, result)
-    child.log_metrics(task_metrics(rec, row, before, baseline))
-    child.log_metrics({f"acc_task_{j}": a for j, a in enumerate(row)})
+    child.log_metrics(task_metrics(rec, row, before, baseline, inferred))
     child.log_metrics(s.store.report().as_metrics())
     return row

@@ -8,12 +8,13 @@ import torch
 
 from pipeline.compress import Compressed, host_commit
 from pipeline.data import Task
-from pipeline.evaluation import committed_snapshot, evaluate_live, evaluate_snapshot
+from pipeline.evaluation import Row, committed_snapshot, evaluate_live, evaluate_snapshot
 from pipeline.progress import Bars
 from pipeline.session import Session, TrainReport
+from pipeline.task_inference import build_superposition, evaluate_inferred
 from pipeline.train import train_task
 
-__all__ = ["baseline_accuracy", "commit_task", "stage_evaluate", "stage_train"]
+__all__ = ["baseline_accuracy", "commit_task", "retested", "stage_evaluate", "stage_train"]
 
 
 def _seed_task(s: Session, task: int) -> None:
@@ -55,8 +56,35 @@ def commit_task(s: Session, task: Task, compressed: Compressed,
     s.store.commit(host_commit(task.index, compressed.layers, tensors, meta))
 
 
-def stage_evaluate(s: Session, upto: int) -> list[float]:
-    """Re-test every task <= ``upto`` from the store; never copy a number forward."""
+def retested(upto: int, total: int, every: int) -> list[int]:
+    """The tasks the row after task ``upto`` re-tests: all of them after every ``every``-th
+    task and after the last of ``total``; otherwise the new task alone."""
+    if (upto + 1) % every == 0 or upto == total - 1:
+        return list(range(upto + 1))
+    return [upto]
+
+
+def stage_evaluate(s: Session, upto: int) -> tuple[Row, Row | None]:
+    """Re-test tasks <= ``upto`` from the store (which ones: ``retested``); never copy a
+    number forward. Returns the accuracy row and, when the task is inferred
+    (``evaluation.scenario: task_inferred``), the task-inference accuracy row; untested
+    entries are None."""
+    ev = s.recipe.evaluation
     bs = s.recipe.train.eval_batch_size
-    return [evaluate_snapshot(s.model, committed_snapshot(s.store, j), j, s.tests[j], bs)[0]
-            for j in range(upto + 1)]
+    tested = retested(upto, len(s.stream), ev.every)
+    acc: dict[int, float] = {}
+    if ev.scenario == "task_given":
+        for j in tested:
+            acc[j] = evaluate_snapshot(s.model, committed_snapshot(s.store, j), j, s.tests[j],
+                                       bs)[0]
+        return [acc.get(j) for j in range(upto + 1)], None
+    # every committed task is a candidate, whichever tasks this row tests
+    dev = s.device.device  # moved once: inference classifies batch by batch
+    snaps = {j: {k: v.to(dev) for k, v in committed_snapshot(s.store, j).items()}
+             for j in range(upto + 1)}
+    sup = build_superposition(s.model, snaps).to(dev)
+    inferred: dict[int, float] = {}
+    for j in tested:
+        acc[j], inferred[j] = evaluate_inferred(s.model, snaps, sup, j, s.tests[j], bs,
+                                                ev.inference, ev.infer_per)
+    return ([acc.get(j) for j in range(upto + 1)], [inferred.get(j) for j in range(upto + 1)])

@@ -18,8 +18,8 @@ import torch
 
 from pipeline._atomic import atomic_write
 from pipeline.errors import InputError
-from pipeline.evaluation import committed_snapshot, evaluate_snapshot
 from pipeline.session import RunResult, Session, TaskRecord
+from pipeline.stages import stage_evaluate
 
 __all__ = ["load_state", "save_state", "save_state_before_commit"]
 
@@ -38,7 +38,7 @@ def save_state(s: Session, result: RunResult) -> None:
     """Accuracy rows and per-task records measured so far (after the commit)."""
     m = result.matrix
     data = {"tasks_done": len(m.rows), "rows": m.rows, "before": m.before,
-            "baseline": m.baseline, "wall_s": result.elapsed(),
+            "baseline": m.baseline, "inferred": m.inferred, "wall_s": result.elapsed(),
             "records": [{"index": r.index, "name": r.name, "acc_at_commit": r.acc_at_commit,
                          "val_acc": r.val_acc, "compression": r.compression}
                         for r in result.tasks]}
@@ -73,12 +73,11 @@ def load_state(s: Session, result: RunResult) -> int:
     result.prior_wall_s = float(data.get("wall_s", 0.0))
     m.rows, m.before, m.baseline = data["rows"][:n], data.get("before", [])[:n], \
         data.get("baseline", [])[:n]
-    bs = s.recipe.train.eval_batch_size
+    m.inferred = data.get("inferred", [])[:n]
     for t in range(n):
         s.tests.append(s.load_task(t).test)
     for i in range(len(m.rows), n):  # rows lost to a kill between commit and progress
-        m.rows.append([evaluate_snapshot(s.model, committed_snapshot(s.store, j), j,
-                                         s.tests[j], bs)[0] for j in range(i + 1)])
+        m.add_row(*stage_evaluate(s, i))
     for t in range(n):
         rec: dict[str, Any] = data["records"][t] if t < len(data["records"]) else {
             "index": t, "name": s.stream.task_info(t)[0],

@@ -49,11 +49,13 @@ def _sequential(model: ContinualNet, snapshot: dict[str, torch.Tensor],
             continue  # identity at inference
         else:
             layers.append(copy.deepcopy(m))
-    head = cast(nn.Linear, model.heads[task])  # ContinualNet.add_task appends nn.Linear heads
+    # per-task heads are nn.Linear; a shared head is a MaskedLinear stored as layer "head"
+    head = cast(nn.Linear, model.output_layer(task))
+    key = "head" if model.shared_classes is not None else f"heads.{task}"
     out = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
-    out.weight.data.copy_(snapshot[f"heads.{task}.weight"])
+    out.weight.data.copy_(snapshot[f"{key}.weight"])
     if head.bias is not None:
-        out.bias.data.copy_(snapshot[f"heads.{task}.bias"])
+        out.bias.data.copy_(snapshot[f"{key}.bias"])
     layers.append(out)
     return nn.Sequential(*layers)
 

@@ -230,7 +230,7 @@ def retry_stale(run: Run) -> StaleCallback:
 
 
 # recipe fields that cannot change what a trial does or scores (names, places, budgets, storage)
-_NEUTRAL = {"name", "description", "output_dir", "tuning_cache", "tracking"}
+_NEUTRAL = {"name", "description", "output_dir", "tuning_cache", "tracking", "evaluation"}
 _NEUTRAL_SEARCH = {"trials", "timeout_s", "storage", "heartbeat_s", "grace_s"}
 
 

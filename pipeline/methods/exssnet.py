@@ -69,7 +69,8 @@ def _features(model: ContinualNet, snapshot: dict[str, torch.Tensor], task: int,
               x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """What the backbone gives ``x`` as task ``task`` committed it: the head's input."""
     feats: list[torch.Tensor] = []
-    hook = model.heads[task].register_forward_pre_hook(lambda _m, args: feats.append(args[0]))
+    hook = model.output_layer(task).register_forward_pre_hook(
+        lambda _m, args: feats.append(args[0]))
     try:
         snapshot_logits(model, snapshot, task, x, batch_size)
     finally:

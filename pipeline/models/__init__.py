@@ -37,8 +37,15 @@ __all__ = [
 ]
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...]) -> ContinualNet:
-    """The recipe's backbone for inputs of ``input_shape`` (C, H, W), with no heads yet."""
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...],
+                num_classes: int | None = None) -> ContinualNet:
+    """The recipe's backbone for inputs of ``input_shape`` (C, H, W), with no heads yet.
+
+    ``model.head: shared`` needs ``num_classes`` (every task's class count) for its one output
+    layer; per-task heads ignore it.
+    """
+    if cfg.head == "shared" and num_classes is None:
+        raise RecipeError("model.head: shared needs the class count every task shares")
     if cfg.arch == "mlp":
         backbone = mlp(input_shape, cfg.hidden, cfg.norm, cfg.dropout)
     elif cfg.arch == "alexnet":
@@ -49,11 +56,17 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...]) -> ContinualNet:
         backbone = resnet18(input_shape, cfg.width, cfg.norm)
     else:  # the schema's Literal makes this unreachable for validated recipes
         raise RecipeError(f"model.arch: unknown architecture {cfg.arch!r}")
-    return ContinualNet(backbone, _flat_size(backbone, input_shape), cfg.head_bias)
+    return ContinualNet(backbone, _flat_size(backbone, input_shape), cfg.head_bias,
+                        num_classes if cfg.head == "shared" else None)
 
 
 def model_fingerprint(cfg: ModelConfig, input_shape: tuple[int, ...]) -> str:
-    """A short hash naming the architecture; a store records it and refuses another model."""
-    text = json.dumps({"model": cfg.model_dump(mode="json"), "input": list(input_shape)},
-                      sort_keys=True)
+    """A short hash naming the architecture; a store records it and refuses another model.
+
+    ``head`` enters the hash only when it is not the default, so stores written before the
+    field existed keep their fingerprint."""
+    dump = cfg.model_dump(mode="json")
+    if dump.get("head") == "per_task":
+        del dump["head"]
+    text = json.dumps({"model": dump, "input": list(input_shape)}, sort_keys=True)
     return f"{cfg.arch}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"

@@ -1,48 +1,70 @@
-"""ContinualNet: a shared backbone of masked layers plus one head per task."""
+"""ContinualNet: a shared backbone of masked layers plus one head per task, or one shared head.
+
+``head: per_task`` (default) gives every task its own unmasked ``nn.Linear``. ``head: shared``
+gives the net one output layer, a ``MaskedLinear`` named ``head`` that is masked per task like
+every other layer (SupSup masks its classifier too); every task then has the same class count,
+which is what evaluation without a task id needs (docs/task-inference.md).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from pipeline.models._layers import MaskedLayer, Mode, TaskBatchNorm
+from pipeline.models._layers import MaskedLayer, MaskedLinear, Mode, TaskBatchNorm
 
 
 class ContinualNet(nn.Module):
     """``forward(x, task)`` runs the backbone and the head of ``task``.
 
-    The backbone maps inputs to a ``feature_dim`` vector. Heads are plain ``nn.Linear`` modules,
-    never masked, added one per task by :meth:`add_task`.
+    The backbone maps inputs to a ``feature_dim`` vector. Per-task heads are plain ``nn.Linear``
+    modules, never masked, added one per task by :meth:`add_task`. With ``shared_classes`` set,
+    the net has instead one masked output layer ``head`` (no bias: a bias would be shared by
+    every task and trained by each) and ``add_task`` only adds the per-task norms.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, head_bias: bool = True) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, head_bias: bool = True,
+                 shared_classes: int | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.head_bias = head_bias
         self.heads = nn.ModuleList()
+        self.shared_classes = shared_classes
+        self._tasks = 0
+        if shared_classes is not None:
+            self.head = MaskedLinear(feature_dim, shared_classes)
 
     @property
     def num_tasks(self) -> int:
-        return len(self.heads)
+        return self._tasks if self.shared_classes is not None else len(self.heads)
+
+    def output_layer(self, task: int) -> nn.Module:
+        """The layer that turns features into ``task``'s logits (its head, or the shared one)."""
+        return self.head if self.shared_classes is not None else self.heads[task]
 
     def add_task(self, num_classes: int) -> int:
         """Add a head (and per-task norms); returns the new task's index."""
         # initialised on the CPU (the same values whatever the device), then moved beside
         # the backbone
         device = next(self.backbone.parameters()).device
-        self.heads.append(nn.Linear(self.feature_dim, num_classes, bias=self.head_bias)
-                          .to(device))
+        if self.shared_classes is None:
+            self.heads.append(nn.Linear(self.feature_dim, num_classes, bias=self.head_bias)
+                              .to(device))
+        elif num_classes != self.shared_classes:
+            raise ValueError(f"a shared head has {self.shared_classes} outputs, but task "
+                             f"{self._tasks} has {num_classes} classes")
+        self._tasks += 1
         for m in self.backbone.modules():
             if isinstance(m, TaskBatchNorm):
                 m.add_task()
                 m.norms[-1].to(device)
-        return len(self.heads) - 1
+        return self.num_tasks - 1
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
         for m in self._task_norms():
             m.task = task
-        return self.heads[task](self.backbone(x))
+        return self.output_layer(task)(self.backbone(x))
 
     def _task_norms(self) -> list[TaskBatchNorm]:
         if not hasattr(self, "_norm_cache"):

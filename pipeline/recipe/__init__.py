@@ -35,6 +35,7 @@ from pipeline.recipe._plugins import (
 from pipeline.recipe._schema import (
     BenchmarkConfig,
     CompressionConfig,
+    EvaluationConfig,
     LayerPlan,
     LayerRule,
     ModelConfig,
@@ -58,6 +59,7 @@ __all__ = [
     "register_plugin_config",
     "BenchmarkConfig",
     "CompressionConfig",
+    "EvaluationConfig",
     "ExSSNeTMethod",
     "LayerPlan",
     "LayerRule",

@@ -73,7 +73,7 @@ class BenchmarkConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The shared backbone; every task gets its own head."""
+    """The shared backbone; every task gets its own head, or a shared masked one."""
 
     arch: Literal[ARCHS] = "mlp"  # type: ignore[valid-type]
     hidden: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
@@ -85,7 +85,12 @@ class ModelConfig(_Section):
         "per_task = one BN per task, stored with the task",
     )
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    head_bias: bool = True
+    head_bias: bool = Field(default=True, description="bias of per-task heads (a shared head "
+                            "has none: every task would train it)")
+    head: Literal["per_task", "shared"] = Field(
+        default="per_task",
+        description="per_task = one unmasked Linear per task; shared = one output layer masked "
+        "per task like the other layers (every task must have the same class count)")
 
 
 class TrainConfig(_Section):
@@ -328,6 +333,28 @@ class TargetConfig(_Section):
         return self
 
 
+class EvaluationConfig(_Section):
+    """How committed tasks are re-tested from the store (docs/task-inference.md)."""
+
+    scenario: Literal["task_given", "task_inferred"] = Field(
+        default="task_given",
+        description="task_given = each test input comes with its task id; task_inferred = the "
+        "task is inferred from the output entropy of the committed tasks in superposition "
+        "(SupSup), and task-inference accuracy is reported beside accuracy")
+    inference: Literal["one_shot", "binary"] = Field(
+        default="one_shot",
+        description="task_inferred only: one_shot = one gradient of the entropy w.r.t. the "
+        "mixing coefficients, pick the most negative; binary = halve the candidates per round")
+    infer_per: Literal["sample", "batch"] = Field(
+        default="batch",
+        description="task_inferred only: sample = a task per test input; batch = one task per "
+        "test batch (train.eval_batch_size), inferred from the batch's first input")
+    every: int = Field(
+        default=1, ge=1, le=100_000,
+        description="re-test earlier tasks after every k-th task and after the last one; "
+        "other rows test only the new task (the matrix has gaps there)")
+
+
 class StoreConfig(_Section):
     path: RecipePath | None = Field(default=None, description="default: <run dir>/store.tpk")
     bit_budget: int = Field(default=32, ge=1, le=64, description="bits per weight position")
@@ -360,6 +387,7 @@ class Recipe(_Section):
     compression: CompressionConfig = CompressionConfig()
     search: SearchConfig = SearchConfig()
     targets: list[TargetConfig] = Field(default=[TargetConfig(name="host")], max_length=64)
+    evaluation: EvaluationConfig = EvaluationConfig()
     store: StoreConfig = StoreConfig()
     tracking: TrackingConfig = TrackingConfig()
     output_dir: RecipePath = Field(default=Path("mlruns/runs"),
@@ -404,6 +432,12 @@ class Recipe(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"target names must be unique, got duplicates {dup}")
+        ev = self.evaluation
+        if ev.scenario == "task_inferred" and ev.infer_per == "sample" \
+                and self.model.norm == "stateless":
+            raise ValueError("evaluation.infer_per: sample needs model.norm none or per_task: "
+                             "stateless BN normalises with batch statistics, which one input "
+                             "does not have (use infer_per: batch)")
         if self.search.enabled and not self.method.compresses_own_weights:
             raise ValueError("search.enabled needs a method whose tasks are compressed "
                              f"(e.g. method.kind: tsn), got {self.method.kind!r}")

@@ -66,6 +66,9 @@ def summary(f: RunFiles) -> str:
              ("vs fp32", fmt(s.get("store/ratio_to_dense_fp32"), ".4f", unit="x"),
               "file size / one dense fp32 backbone"),
              ("wall", fmt(s.get("wall_seconds"), ".0f", unit=" s"), "whole run")]
+    if "task_inference_acc" in s:  # evaluation.scenario: task_inferred
+        cards.insert(1, ("task inference", fmt(s.get("task_inference_acc"), unit="%"),
+                         "inputs assigned their own task, final row"))
     return "<div class='cards'>" + "".join(
         f"<div class='card'><b>{esc(v)}</b>{esc(k)}<br><span>{esc(d)}</span></div>"
         for k, v, d in cards) + "</div>"
@@ -85,7 +88,8 @@ def matrix(f: RunFiles) -> str:
                          f"{fmt(v)}</span>")
         rows.append(cells)
     return (_table(head, rows) + "<p class='note'>R[i][j]: test accuracy (%) of task j after "
-            "learning task i, re-measured from the store file every time. ACC is the mean of "
+            "learning task i, re-measured from the store file every time (empty cells below "
+            "the diagonal: not re-tested in that row, evaluation.every). ACC is the mean of "
             "the last row; BWT the mean change of each task from when it was learned to the "
             "end; FWT the mean accuracy of a task just before training it, over the random "
             "initialisation's.</p>")
