@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from pipeline.errors import RecipeError
-from pipeline.models._archs import _flat_size, alexnet, mlp, resnet18, tinynet
+from pipeline.models._archs import ALEXNET_WIDTHS, _flat_size, alexnet, mlp, resnet18, tinynet
 from pipeline.models._layers import (
     MaskedConv2d,
     MaskedLayer,
@@ -42,7 +42,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...]) -> ContinualNet:
     if cfg.arch == "mlp":
         backbone = mlp(input_shape, cfg.hidden, cfg.norm, cfg.dropout)
     elif cfg.arch == "alexnet":
-        backbone = alexnet(input_shape, cfg.norm, cfg.dropout)
+        backbone = alexnet(input_shape, cfg.norm, cfg.dropout,
+                           tuple(cfg.alexnet_widths or ALEXNET_WIDTHS))
     elif cfg.arch == "tinynet":
         backbone = tinynet(input_shape, cfg.norm)
     elif cfg.arch == "resnet18":
@@ -54,6 +55,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...]) -> ContinualNet:
 
 def model_fingerprint(cfg: ModelConfig, input_shape: tuple[int, ...]) -> str:
     """A short hash naming the architecture; a store records it and refuses another model."""
-    text = json.dumps({"model": cfg.model_dump(mode="json"), "input": list(input_shape)},
-                      sort_keys=True)
+    model = cfg.model_dump(mode="json")
+    if model.get("alexnet_widths") is None:  # added later: unset, stores made before still open
+        model.pop("alexnet_widths", None)
+    text = json.dumps({"model": model, "input": list(input_shape)}, sort_keys=True)
     return f"{cfg.arch}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
