@@ -69,8 +69,11 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path,
     # The TorchScript exporter: the dynamo one needs `onnxscript`, which taskpack does not ship.
     # torch 2.13 warns that it is deprecated on every call, and its internals warn about
     # their own deprecated helpers: DeprecationWarnings only, from this one call.
+    # BatchNorm with batch statistics (stateless norms) checks the batch size in Python, which
+    # the tracer warns about (TracerWarning): the trace is made for the bundle's fixed batch.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module, (example_input,), str(path), dynamo=False,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,

@@ -74,6 +74,15 @@ def _err(data: dict) -> str:
          "compression.rules.0.match: not a valid regular expression"),
         ({"targets": [{"name": "a"}, {"name": "a"}]}, "target names must be unique"),
         ({"targets": [{"name": "r", "kind": "rpc"}]}, "needs an `rpc` section"),
+        ({"benchmark": {"stream": "split_cifar100", "pad_to": 32}},
+         "benchmark: pad_to applies only to the MNIST-family streams"),
+        ({"benchmark": {"pad_to": 16}}, "benchmark.pad_to: must be >= 28, got 16"),
+        ({"model": {"arch": "resnet18", "alexnet_widths": [1, 2, 3, 4, 5]}},
+         "model: alexnet_widths applies only to arch 'alexnet', got 'resnet18'"),
+        ({"model": {"arch": "alexnet", "alexnet_widths": [1, 2]}},
+         "model.alexnet_widths: "),
+        ({"model": {"norm": "stateless"}, "method": {"kind": "tsn"},
+          "search": {"enabled": True}}, "`search.latency_batch >= 2` must hold, got 1"),
     ],
 )
 def test_bad_values_name_their_path(data: dict, expected: str) -> None:
