@@ -70,10 +70,14 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path,
     # torch 2.13 warns that it is deprecated on every call, and its internals warn about
     # their own deprecated helpers: DeprecationWarnings only, from this one call.
     # BatchNorm with batch statistics (stateless norms) checks the batch size in Python, which
-    # the tracer warns about (TracerWarning): the trace is made for the bundle's fixed batch.
+    # the tracer warns about (TracerWarning): the trace is made for the bundle's fixed batch; and
+    # it is exported as ONNX BatchNormalization in training mode, on purpose (the model
+    # normalizes with the batch's statistics at inference too), which the exporter warns about.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*'batch_norm' is set to train=True",
+                                category=UserWarning)
         torch.onnx.export(
             module, (example_input,), str(path), dynamo=False,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
