@@ -177,3 +177,20 @@ def test_run_names_cannot_leave_output_dir(name: str) -> None:
 def test_numbers_must_be_finite(value: float) -> None:
     with pytest.raises(RecipeError, match="train.lr: must be a finite number"):
         recipe_from_dict({"name": "t", "train": {"lr": value}})
+
+
+@pytest.mark.parametrize("name", ["split-fmnist-cnn-x86", "split-mnist-cnn-gpu"])
+def test_cnn_search_recipes_give_the_convs_their_own_rule(name: str) -> None:
+    """The first search rule of the CNN recipes is for the conv layers, and for them only (a
+    layer-name typo would silently hand the convs the fc rule)."""
+    import re
+
+    from pipeline.models import MaskedConv2d, build_model
+
+    recipe = load_recipe(RECIPES / f"{name}.yaml")
+    assert recipe.benchmark.pad_to == 32
+    model = build_model(recipe.model, (1, 32, 32))
+    convs = {n for n, m in model.masked_layers().items() if isinstance(m, MaskedConv2d)}
+    rule = recipe.search.space[0]
+    assert {n for n in model.masked_layers() if re.fullmatch(rule.match, n)} == convs
+    assert "channel" in rule.patterns and "2:4" in rule.patterns
