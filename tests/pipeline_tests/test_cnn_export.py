@@ -22,7 +22,7 @@ from pipeline.cli import main
 from pipeline.data import build_stream
 from pipeline.evaluation import committed_snapshot, snapshot_logits
 from pipeline.models import build_model
-from pipeline.recipe import recipe_from_dict
+from pipeline.recipe import recipe_from_dict, recipe_to_yaml
 from pipeline.runner import run_recipe
 from pipeline.store import PackedStore
 from pipeline.subnet import task_module
@@ -73,7 +73,8 @@ def _recipe(tmp_path: Path, norm: str, batch: int):
 
 
 @pytest.mark.parametrize(("norm", "batch"), [("per_task", 1), ("stateless", 4)])
-def test_cnn_tsn_run_store_export_numerics(tmp_path: Path, norm: str, batch: int) -> None:
+def test_cnn_tsn_run_store_export_numerics(tmp_path: Path, norm: str, batch: int,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow.tracking import MlflowClient
 
     recipe = _recipe(tmp_path, norm, batch)
@@ -110,6 +111,13 @@ def test_cnn_tsn_run_store_export_numerics(tmp_path: Path, norm: str, batch: int
                for m in int8.modules())
 
     out = tmp_path / "exports"
+    if norm == "stateless":  # one image has no batch statistics: refused in one line
+        one = tmp_path / "batch1.yaml"
+        one.write_text(recipe_to_yaml(recipe.model_copy(update={
+            "search": recipe.search.model_copy(update={"latency_batch": 1})})))
+        assert main(["export", str(result.store_path), "--task", "0", "--target", "host",
+                     "--recipe", str(one), "--out", str(out)]) == 2
+        assert "search.latency_batch, which must be >= 2" in capsys.readouterr().err
     stream = build_stream(recipe.benchmark)
     for target, rtol in RTOL.items():
         assert main(["export", str(result.store_path), "--all-tasks", "--target", target,
