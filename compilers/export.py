@@ -69,8 +69,9 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path,
     # The TorchScript exporter: the dynamo one needs `onnxscript`, which taskpack does not ship.
     # torch 2.13 warns that it is deprecated on every call, and its internals warn about
     # their own deprecated helpers: DeprecationWarnings only, from this one call.
-    # BatchNorm with batch statistics (stateless norms) checks the batch size in Python, which
-    # the tracer warns about (TracerWarning): the trace is made for the bundle's fixed batch; and
+    # BatchNorm with batch statistics (stateless norms) checks in Python that a batch holds more
+    # than one value per channel, which the tracer warns about (TracerWarning; the check does not
+    # enter the graph); and
     # it is exported as ONNX BatchNormalization in training mode, on purpose (the model
     # normalizes with the batch's statistics at inference too), which the exporter warns about.
     with warnings.catch_warnings():

@@ -26,8 +26,8 @@ from search._objective import Latency, LatencyFn
 
 log = logging.getLogger(__name__)
 
-# transforms that rewrite an nn.Sequential chain only (compilers.transforms: shrink, block_sparse)
-CHAIN_ONLY_TRANSFORMS = ("shrink", "block_sparse")
+# transforms that rewrite an nn.Sequential chain only (compilers.transforms)
+CHAIN_ONLY_TRANSFORMS = ("shrink", "block_sparse", "csr_sparse")
 
 
 def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
@@ -70,8 +70,9 @@ def realizability_labels(target_cfg, shapes: dict[str, tuple[int, ...]], chain: 
     """plans -> {layer: "speed-realizable" | "storage-only"} on the target (compilers' rule).
 
     ``chain``: whether the task's subnetwork is a plain chain of layers
-    (:func:`pipeline.subnet.is_chain`); the shape transforms (shrink, block_sparse) rewrite only
-    chains, so for any other net (the reduced ResNet) they realize nothing and are left out.
+    (:func:`pipeline.subnet.is_chain`); the shape and sparse transforms (shrink, block_sparse,
+    csr_sparse) rewrite only chains, so for any other net (the reduced ResNet) they realize
+    nothing and are left out.
     """
     from compilers import LayerSpec, layer_realizability
     from pipeline.recipe import Pattern

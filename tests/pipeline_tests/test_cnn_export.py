@@ -22,7 +22,7 @@ from pipeline.cli import main
 from pipeline.data import build_stream
 from pipeline.evaluation import committed_snapshot, snapshot_logits
 from pipeline.models import build_model
-from pipeline.recipe import recipe_from_dict, recipe_to_yaml
+from pipeline.recipe import recipe_from_dict
 from pipeline.runner import run_recipe
 from pipeline.store import PackedStore
 from pipeline.subnet import task_module
@@ -43,7 +43,7 @@ def _restore_torch_threads():
     torch.set_num_threads(threads)
 
 
-def _recipe(tmp_path: Path, norm: str, batch: int):
+def _recipe(tmp_path: Path, norm: str):
     return recipe_from_dict({
         "name": f"cnn-export-{norm}",
         "benchmark": {"stream": "split_fmnist", "tasks": 2, "pad_to": 32, "train_limit": 200,
@@ -62,7 +62,6 @@ def _recipe(tmp_path: Path, norm: str, batch: int):
                       {"match": "backbone.8", "sparsity": 0.25, "pattern": "channel",
                        "bits": 8}],
         },
-        "search": {"latency_batch": batch},  # the batch bundles are compiled for
         "targets": [{"name": "host", "backend": "tvm", "transforms": ["shrink", "block_sparse"]},
                     {"name": "host-int8", "backend": "tvm",
                      "transforms": ["shrink", "block_sparse", "int8"]}],
@@ -72,12 +71,13 @@ def _recipe(tmp_path: Path, norm: str, batch: int):
     })
 
 
+# the batch the bundles are compiled for: a stateless net needs >= 2 (batch statistics)
 @pytest.mark.parametrize(("norm", "batch"), [("per_task", 1), ("stateless", 4)])
 def test_cnn_tsn_run_store_export_numerics(tmp_path: Path, norm: str, batch: int,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow.tracking import MlflowClient
 
-    recipe = _recipe(tmp_path, norm, batch)
+    recipe = _recipe(tmp_path, norm)
     result = run_recipe(recipe, build_tracker(recipe.tracking))
     assert result.bwt == 0.0
     rows = result.matrix.as_list()
@@ -112,16 +112,13 @@ def test_cnn_tsn_run_store_export_numerics(tmp_path: Path, norm: str, batch: int
 
     out = tmp_path / "exports"
     if norm == "stateless":  # one image has no batch statistics: refused in one line
-        one = tmp_path / "batch1.yaml"
-        one.write_text(recipe_to_yaml(recipe.model_copy(update={
-            "search": recipe.search.model_copy(update={"latency_batch": 1})})))
         assert main(["export", str(result.store_path), "--task", "0", "--target", "host",
-                     "--recipe", str(one), "--out", str(out)]) == 2
-        assert "search.latency_batch, which must be >= 2" in capsys.readouterr().err
+                     "--batch", "1", "--out", str(out)]) == 2
+        assert "--batch sizes must be >= 2, got [1]" in capsys.readouterr().err
     stream = build_stream(recipe.benchmark)
     for target, rtol in RTOL.items():
         assert main(["export", str(result.store_path), "--all-tasks", "--target", target,
-                     "--out", str(out)]) == 0
+                     "--batch", str(batch), "--out", str(out)]) == 0
         for t in range(2):
             bundle = load_bundle(out / target / f"task-{t}")
             assert bundle.manifest["numerics"]["passed"]

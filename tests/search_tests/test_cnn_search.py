@@ -86,7 +86,7 @@ def test_cnn_search_commits_exports_and_labels_conv_patterns(tmp_path: Path) -> 
 
     out = tmp_path / "exports"
     assert main(["export", str(result.store_path), "--all-tasks", "--target", "host",
-                 "--out", str(out)]) == 0
+                 "--batch", "1", "--no-track", "--out", str(out)]) == 0
     store = PackedStore.open(result.store_path)
     model = build_model(recipe.model, (1, 32, 32))
     stream = build_stream(recipe.benchmark)
