@@ -5,9 +5,10 @@ the selected point against the same task's subnetwork built by TVM tuned dense a
                                           [--set key=value ...] [--no-track]
 
 Per task it prints: validation accuracy of the uncompressed task and of the selected point, test
-accuracy from the store, latency at batch 1 of the selected point's build (the target's
-transforms, tuned) vs TVM tuned dense and ONNX Runtime on the same weights as a dense matrix, the
-task's bytes in the store against the dense fp32 model; then search wall time, trials per hour, and
+accuracy from the store, latency at the recipe's ``search.latency_batch`` (1 by default) of the
+selected point's build (the target's transforms, tuned) vs TVM tuned dense and ONNX Runtime on
+the same weights as a dense matrix, the task's bytes in the store against the dense fp32 model;
+then search wall time, trials per hour, and
 the hit rates of the latency cache and of the tuning database.
 All latencies are measured in this run on this machine, same input: the three builds of a task
 are measured in turn, three rounds, and each reports the median of its three medians.
@@ -77,7 +78,8 @@ def main() -> int:
     print(f"# {recipe.name}: {len(result.tasks)} tasks, {recipe.search.trials} trials/task, "
           f"sampler {recipe.search.sampler}, target {target_cfg.name} "
           f"(tune_trials {target_cfg.tune_trials}, transforms {target_cfg.transforms})")
-    print(f"# machine: {platform.machine()}, torch {torch.get_num_threads()} threads; batch 1; "
+    print(f"# machine: {platform.machine()}, torch {torch.get_num_threads()} threads; "
+          f"batch {recipe.search.latency_batch}; "
           f"latencies: median of {ROUNDS} interleaved measurements")
     print("\n| task | val acc uncompressed | val acc selected | drop | test acc (store) | "
           "selected ms | TVM tuned dense ms | ORT dense ms | vs TVM dense | vs ORT | "
@@ -89,7 +91,8 @@ def main() -> int:
         model.add_task(int(store.task_meta(t)["num_classes"]))
         module = task_module(model, committed_snapshot(store, t), t)
         if example is None:
-            shape = (1, *prepare(recipe).stream.input_shape)
+            # the search's batch (>= 2 for stateless BN, which normalizes with batch statistics)
+            shape = (recipe.search.latency_batch, *prepare(recipe).stream.input_shape)
             example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         builds = [
             tvm.compile(module, example, target, CompileOptions(

@@ -22,6 +22,7 @@ libraries do).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -58,6 +59,44 @@ def library_name(batch: int) -> str:
     return f"model-b{batch}.so"
 
 
+class _BatchStatsNorm(nn.Module):
+    """A BatchNorm that normalizes with the batch's statistics (no running statistics), written
+    out as mean / variance ops: the ONNX exporter's BatchNormalization in training mode needs a
+    fixed batch, these ops take any batch and compute the same numbers."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.eps = bn.eps
+        self.weight = None if bn.weight is None else nn.Parameter(bn.weight.detach().clone())
+        self.bias = None if bn.bias is None else nn.Parameter(bn.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dims, keepdim=True)
+        var = ((x - mean) ** 2).mean(dims, keepdim=True)
+        y = (x - mean) / torch.sqrt(var + self.eps)
+        shape = [1, -1, *([1] * (x.dim() - 2))]
+        if self.weight is not None:
+            y = y * self.weight.view(shape)
+        if self.bias is not None:
+            y = y + self.bias.view(shape)
+        return y
+
+
+def _explicit_batch_stats(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm that has no running statistics as a ``_BatchStatsNorm``
+    (a copy when there is one; ``module`` itself otherwise)."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+               for m in module.modules()):
+        return module
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and child.running_mean is None:
+                setattr(parent, name, _BatchStatsNorm(child))
+    return module
+
+
 def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path,
                 opset: int | None = None) -> None:
     """``module`` as an ONNX file (input ``input``, output ``logits``, a symbolic ``batch``), as
@@ -69,6 +108,9 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: Path,
     # The TorchScript exporter: the dynamo one needs `onnxscript`, which taskpack does not ship.
     # torch 2.13 warns that it is deprecated on every call, and its internals warn about
     # their own deprecated helpers: DeprecationWarnings only, from this one call.
+    # BatchNorm with batch statistics (stateless norms) goes out as explicit mean / variance
+    # ops, which take any batch (see _BatchStatsNorm).
+    module = _explicit_batch_stats(module)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(

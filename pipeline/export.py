@@ -139,6 +139,10 @@ def export_tasks(store_path: Path, tasks: list[int] | None, target_name: str,
     if not batch_sizes or min(batch_sizes) < 1 or max(batch_sizes) > 4096:
         raise InputError(f"--batch must be between 1 and 4096, found {list(batch_sizes)}")
     spec, store, modules = _spec_modules(store_path, tasks, recipe_path)
+    if spec.recipe.model.norm == "stateless" and min(batch_sizes) < 2:
+        raise InputError("model.norm 'stateless' normalizes with batch statistics, which one "
+                         f"image does not have: --batch sizes must be >= 2, got "
+                         f"{sorted(set(batch_sizes))}")
     target_cfg = resolve_target(spec.recipe, target_name)
     if target_cfg.backend != "tvm":
         raise InputError(f"target {target_name!r} uses backend {target_cfg.backend!r}; "

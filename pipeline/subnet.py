@@ -17,10 +17,15 @@ from torch import nn
 from pipeline.models import ContinualNet, MaskedConv2d, MaskedLinear, TaskBatchNorm
 
 
+def is_chain(model: ContinualNet) -> bool:
+    """Whether :func:`task_module` gives a plain ``nn.Sequential`` (shape transforms apply)."""
+    return isinstance(model.backbone, nn.Sequential)
+
+
 def task_module(model: ContinualNet, snapshot: dict[str, torch.Tensor], task: int) -> nn.Module:
     """The task's network with weights from ``snapshot`` (keyed like the model's state dict),
     on the CPU whatever device the model trains on: compilers take host modules."""
-    if isinstance(model.backbone, nn.Sequential):
+    if is_chain(model):
         return _sequential(model, snapshot, task).cpu().eval()
     return _Fixed(model, snapshot, task).cpu().eval()
 

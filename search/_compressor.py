@@ -17,6 +17,7 @@ from pipeline.compress import (
 from pipeline.errors import RecipeError
 from pipeline.recipe import Recipe, TargetConfig
 from pipeline.session import Session, TaskContext
+from pipeline.subnet import is_chain
 from pipeline.targets import find_target
 from search._objective import LatencyFn, TaskProblem
 from search._publish import publish_task, retract_task
@@ -127,7 +128,8 @@ class SearchCompressor(Compressor):
             latency_fn=self.latency_fn, finetune_epochs=cfg.finetune_epochs,
             lr=recipe.train.lr / 10, batch_size=recipe.train.batch_size,
             seed=recipe.train.seed + t, quant_fallback=tuple(narrow) or (8,),
-            labels_fn=self._labels(self.target_cfg, s.model.layer_shapes()),
+            labels_fn=self._labels(self.target_cfg, s.model.layer_shapes(),
+                                   chain=is_chain(s.model)),
             target=describe_target(self.target_cfg),
             run_tags={"taskpack.task": str(t), "taskpack.task_name": ctx.task.name,
                       "taskpack.target": self.target_cfg.name,

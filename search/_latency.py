@@ -26,6 +26,9 @@ from search._objective import Latency, LatencyFn
 
 log = logging.getLogger(__name__)
 
+# transforms that rewrite an nn.Sequential chain only (compilers.transforms)
+CHAIN_ONLY_TRANSFORMS = ("shrink", "block_sparse", "csr_sparse")
+
 
 def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
     """A LatencyFn compiling with the target's backend, transforms and tuning budget."""
@@ -63,13 +66,21 @@ def compiled_latency(target_cfg, cache_dir: Path) -> LatencyFn:
     return latency
 
 
-def realizability_labels(target_cfg, shapes: dict[str, tuple[int, ...]]):
-    """plans -> {layer: "speed-realizable" | "storage-only"} on the target (compilers' rule)."""
+def realizability_labels(target_cfg, shapes: dict[str, tuple[int, ...]], chain: bool = True):
+    """plans -> {layer: "speed-realizable" | "storage-only"} on the target (compilers' rule).
+
+    ``chain``: whether the task's subnetwork is a plain chain of layers
+    (:func:`pipeline.subnet.is_chain`); the shape and sparse transforms (shrink, block_sparse,
+    csr_sparse) rewrite only chains, so for any other net (the reduced ResNet) they realize
+    nothing and are left out.
+    """
     from compilers import LayerSpec, layer_realizability
     from pipeline.recipe import Pattern
     from pipeline.targets import to_target
 
     target = to_target(target_cfg)
+    transforms = tuple(target_cfg.transforms) if chain else tuple(
+        t for t in target_cfg.transforms if t not in CHAIN_ONLY_TRANSFORMS)
 
     def labels(plans) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -81,7 +92,7 @@ def realizability_labels(target_cfg, shapes: dict[str, tuple[int, ...]]):
                              sparsity=plan.sparsity, pattern=pattern.kind,  # type: ignore[arg-type]
                              block=(pattern.a, pattern.b) if pattern.kind == "block" else None,
                              bits=plan.bits)
-            out[name] = layer_realizability(spec, target, target_cfg.transforms)
+            out[name] = layer_realizability(spec, target, transforms)
         return out
 
     return labels

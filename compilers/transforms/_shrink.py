@@ -23,13 +23,14 @@ _PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Ide
 
 
 
-def _bn_zero_output(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
-    """Per channel: what the BN layer outputs (in eval) when its input channel is all zero."""
+def _bn_constant_output(bn: nn.modules.batchnorm._BatchNorm, value: torch.Tensor) -> torch.Tensor:
+    """Per channel: what the BN layer outputs (in eval) when input channel c is the constant
+    ``value[c]`` everywhere."""
     with torch.no_grad():
         mean, var = bn.running_mean, bn.running_var  # both None, or both set (_NormBase)
         if bn.track_running_stats and mean is not None and var is not None:
-            out = -mean / torch.sqrt(var + bn.eps)
-        else:  # batch statistics of a zero channel are mean 0, var 0: the output is 0
+            out = (value - mean) / torch.sqrt(var + bn.eps)
+        else:  # batch statistics of a constant channel: mean = the constant, var 0: output 0
             out = torch.zeros(bn.num_features)
         if bn.affine:
             out = out * bn.weight + bn.bias
@@ -99,11 +100,16 @@ def _slice_consumer(
 
 
 def shrink(module: nn.Module, *, keep_blocks: bool = False) -> nn.Module:
-    """Remove output units that are zero for every input, with their consumers' inputs.
+    """Remove output units that are constant for every input, with their consumers' inputs.
 
-    A unit is removable when its weight row (filter) and bias are all zero and every layer up to
-    the next Linear/Conv2d maps a zero channel to zero (ReLU, Dropout, pooling, a BatchNorm whose
-    zero-input output is 0, Flatten). The head (last Linear) keeps its outputs.
+    A unit is *dead* when its weight row (filter) is all zero: it outputs its bias everywhere, and
+    every layer up to the next Linear/Conv2d maps a constant channel to a constant (ReLU,
+    Dropout, max pooling, BatchNorm in eval, Flatten). A dead unit whose constant reaches the
+    consumer as 0 is removed with the consumer's inputs from it; one whose constant is c != 0
+    (a per-task BatchNorm's shift, a bias) is removed too, its contribution c x (the consumer's
+    weights on it) folded into the consumer's bias, when that is exact: a Linear consumer, or a
+    Conv2d consumer without padding (zero padding would see a border that is not c). The head
+    (last Linear) keeps its outputs.
 
     ``keep_blocks`` (used when ``to_block_sparse`` runs next): removing rows of a block-sparse
     layer shifts its block grid (and leaves shapes like 397 that no block divides), which turned
@@ -122,23 +128,29 @@ def shrink(module: nn.Module, *, keep_blocks: bool = False) -> nn.Module:
         if not isinstance(layer, nn.Linear | nn.Conv2d) or getattr(layer, "groups", 1) != 1:
             continue
         w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
-        zero = (w == 0).all(dim=1)
-        if layer.bias is not None:
-            zero &= layer.bias.detach() == 0
+        zero = (w == 0).all(dim=1)  # dead units: each outputs its constant ``value``
+        value = (torch.zeros(zero.numel()) if layer.bias is None
+                 else layer.bias.detach().clone())
         j, spatial, ok = i + 1, 1, True
         while j < len(layers) and not isinstance(layers[j], nn.Linear | nn.Conv2d):
             mid = layers[j]
             if isinstance(mid, nn.modules.batchnorm._BatchNorm):
-                zero &= _bn_zero_output(mid) == 0
+                value = _bn_constant_output(mid, value)
+            elif isinstance(mid, nn.ReLU):
+                value = torch.relu(value)
             elif isinstance(mid, nn.Flatten):
                 spatial = -1  # resolved from the consumer's in_features below
             elif not isinstance(mid, _PASS_THROUGH):
                 ok = False
             j += 1
-        if not ok or j == len(layers) or not bool(zero.any()) or bool(zero.all()):
+        if not ok or j == len(layers):
             continue
         consumer = layers[j]
         assert isinstance(consumer, nn.Linear | nn.Conv2d)  # where the while loop above stopped
+        if _padded(consumer):
+            zero &= value == 0  # a padded consumer: only units that are 0 can go
+        if not bool(zero.any()) or bool(zero.all()):
+            continue
         if isinstance(consumer, nn.Conv2d) and (spatial != 1 or consumer.groups != 1):
             continue
         n_out = zero.numel()
@@ -148,6 +160,7 @@ def shrink(module: nn.Module, *, keep_blocks: bool = False) -> nn.Module:
             spatial = consumer.in_features // n_out
         elif isinstance(consumer, nn.Linear) and consumer.in_features != n_out:
             continue
+        consumer = _fold_constants(consumer, torch.where(zero, value, 0.0), spatial)
         if keep_blocks and (_block_shape(layer) is not None
                             or (_block_shape(consumer) or (1, 1))[1] > 1):
             layers[j] = _zero_consumer_inputs(consumer, zero, spatial)
@@ -174,4 +187,33 @@ def _zero_consumer_inputs(
             new.weight[:, zero.repeat_interleave(spatial)] = 0
         else:
             new.weight[:, zero] = 0
+    return new
+
+
+def _padded(layer: nn.Module) -> bool:
+    """Whether ``layer`` is a conv that pads its input."""
+    if not isinstance(layer, nn.Conv2d):
+        return False
+    if isinstance(layer.padding, str):
+        return layer.padding != "valid"
+    return any(p != 0 for p in layer.padding)
+
+
+def _fold_constants(
+    layer: nn.Linear | nn.Conv2d, value: torch.Tensor, spatial: int
+) -> nn.Linear | nn.Conv2d:
+    """``layer`` with the contribution of input channels that are the constant ``value[c]``
+    (0 for the others) added to its bias (a bias is created when it has none)."""
+    if not bool(value.any()):
+        return layer
+    new = copy.deepcopy(layer)
+    with torch.no_grad():
+        if isinstance(new, nn.Linear):
+            contribution = new.weight @ value.repeat_interleave(spatial)
+        else:  # unpadded: every output position sees value[c] under the whole kernel
+            contribution = (new.weight.sum(dim=(2, 3)) * value).sum(dim=1)
+        if new.bias is None:
+            new.bias = nn.Parameter(contribution.clone())
+        else:
+            new.bias.add_(contribution)
     return new

@@ -18,8 +18,10 @@ from pipeline.data._cache import check_cached, load_cached
 from pipeline.data._seeding import rng_for
 from pipeline.data._tiny import TinyImageNet
 from pipeline.data._transforms import (
+    PAD_STEP,
     normalized,
     normalized_steps,
+    padded,
     permuted,
     permuted_steps,
     rotated,
@@ -48,16 +50,23 @@ def build_stream(cfg: BenchmarkConfig) -> Stream:
     return Stream(cfg.stream, shape, specs, policy)
 
 
+def _mnist_shape(cfg: BenchmarkConfig) -> tuple[int, int, int]:
+    """MNIST's (1, 28, 28), or (1, pad_to, pad_to) when the recipe pads the images."""
+    side = cfg.pad_to or MNIST_SHAPE[1]
+    return (1, side, side)
+
+
 def _permuted_mnist(cfg: BenchmarkConfig) -> Built:
     _no_classes_per_task(cfg)
     n = _task_count(cfg, NATURAL_TASKS, maximum=None)  # any number of permutations is fine
     source = _cached_source("mnist", cfg)
+    shape = _mnist_shape(cfg)
     specs = []
-    for i in range(n):
-        perm = rng_for(cfg.seed, "permutation", i).permutation(int(np.prod(MNIST_SHAPE)))
+    for i in range(n):  # padded first: the permutation shuffles the border too
+        perm = rng_for(cfg.seed, "permutation", i).permutation(int(np.prod(shape)))
         transform, steps = _gray(cfg, "mnist", permuted(perm), permuted_steps(perm))
         specs.append(TaskSpec(f"pmnist-{i}", 10, _whole(source, transform), {"steps": steps}))
-    return MNIST_SHAPE, specs
+    return shape, specs
 
 
 def _rotated_mnist(cfg: BenchmarkConfig) -> Built:
@@ -70,16 +79,17 @@ def _rotated_mnist(cfg: BenchmarkConfig) -> Built:
         transform, steps = _gray(cfg, "mnist", rotated(angle), rotated_steps(angle))
         specs.append(TaskSpec(f"rmnist-{i} ({angle:g}deg)", 10, _whole(source, transform),
                               {"steps": steps}))
-    return MNIST_SHAPE, specs
+    return _mnist_shape(cfg), specs
 
 
 def _split_mnist(cfg: BenchmarkConfig) -> Built:
-    return MNIST_SHAPE, _split(cfg, _cached_source("mnist", cfg), 10, 2, *_gray(cfg, "mnist"))
+    source = _cached_source("mnist", cfg)
+    return _mnist_shape(cfg), _split(cfg, source, 10, 2, *_gray(cfg, "mnist"))
 
 
 def _split_fmnist(cfg: BenchmarkConfig) -> Built:
     source = _cached_source("fashion-mnist", cfg)
-    return MNIST_SHAPE, _split(cfg, source, 10, 2, *_gray(cfg, "fashion-mnist"))
+    return _mnist_shape(cfg), _split(cfg, source, 10, 2, *_gray(cfg, "fashion-mnist"))
 
 
 def _mnist_fmnist(cfg: BenchmarkConfig) -> Built:
@@ -91,7 +101,7 @@ def _mnist_fmnist(cfg: BenchmarkConfig) -> Built:
         source = functools.partial(load_cached, name, cfg.cache_dir)
         transform, steps = _gray(cfg, name)
         specs.append(TaskSpec(name, 10, _whole(source, transform), {"steps": steps}))
-    return MNIST_SHAPE, specs
+    return _mnist_shape(cfg), specs
 
 
 def _split_cifar100(cfg: BenchmarkConfig) -> Built:
@@ -135,9 +145,12 @@ def _tinyimagenet(cfg: BenchmarkConfig) -> Built:
 
 def _gray(cfg: BenchmarkConfig, dataset: str, transform: Transform = to_unit,
           steps: list[dict] | None = None) -> tuple[Transform, list[dict]]:
-    """An MNIST-family transform and its steps as data, standardized when
-    ``benchmark.normalize`` asks for it."""
+    """An MNIST-family transform and its steps as data: zero-padded first when
+    ``benchmark.pad_to`` asks for it, standardized last when ``benchmark.normalize`` does."""
     steps = unit_steps() if steps is None else steps
+    if cfg.pad_to is not None:
+        transform = padded(transform, cfg.pad_to)
+        steps = [{**PAD_STEP, "to": cfg.pad_to}, *steps]
     if cfg.normalize:
         return standardized(dataset, transform), steps + standardized_steps(dataset)
     return transform, steps

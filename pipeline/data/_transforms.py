@@ -35,6 +35,9 @@ SCALE_STEP: dict = {"op": "scale", "divide_by": 255.0,
                     "doc": "uint8 pixels to float32 in [0, 1]: x / 255"}
 
 
+PAD_STEP: dict = {"op": "pad", "doc": "zero-pad the uint8 image to a centred square of this size"}
+
+
 def unit_steps() -> list[dict]:
     return [dict(SCALE_STEP)]
 
@@ -57,8 +60,7 @@ def normalized_steps(dataset: str, pad_to: int | None = None,
     mean, std = STATS[dataset]
     steps: list[dict] = []
     if pad_to is not None:
-        steps.append({"op": "pad", "to": pad_to,
-                      "doc": "zero-pad the uint8 image to a centred square of this size"})
+        steps.append({**PAD_STEP, "to": pad_to})
     steps += [dict(SCALE_STEP), {"op": "normalize", "mean": list(mean), "std": list(std),
                                  "doc": "per channel: (x - mean) / std"}]
     if channels is not None:
@@ -87,6 +89,25 @@ def standardized(dataset: str, transform: Transform = to_unit) -> Transform:
 
     def apply(x: np.ndarray) -> torch.Tensor:
         return transform(x).sub_(mean).div_(std)
+
+    return apply
+
+
+def pad_square(x: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` zero-padded (centred) to ``size`` x ``size``; black border."""
+    ph, pw = size - x.shape[-2], size - x.shape[-1]
+    if ph == pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
+
+
+def padded(transform: Transform, size: int | None) -> Transform:
+    """``transform`` applied to the images zero-padded to ``size`` (itself when None)."""
+    if size is None:
+        return transform
+
+    def apply(x: np.ndarray) -> torch.Tensor:
+        return transform(pad_square(x, size))
 
     return apply
 
@@ -129,8 +150,7 @@ def normalized(dataset: str, pad_to: int | None = None, channels: int | None = N
 
     def apply(x: np.ndarray) -> torch.Tensor:
         if pad_to is not None:
-            ph, pw = pad_to - x.shape[-2], pad_to - x.shape[-1]
-            x = np.pad(x, ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
+            x = pad_square(x, pad_to)
         t = (to_unit(x) - mean) / std
         if channels is not None and t.shape[1] != channels:
             t = t.expand(-1, channels, -1, -1).contiguous()

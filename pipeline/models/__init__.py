@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from pipeline.errors import RecipeError
-from pipeline.models._archs import _flat_size, alexnet, mlp, resnet18, tinynet
+from pipeline.models._archs import ALEXNET_WIDTHS, _flat_size, alexnet, mlp, resnet18, tinynet
 from pipeline.models._layers import (
     MaskedConv2d,
     MaskedLayer,
@@ -49,7 +49,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...],
     if cfg.arch == "mlp":
         backbone = mlp(input_shape, cfg.hidden, cfg.norm, cfg.dropout)
     elif cfg.arch == "alexnet":
-        backbone = alexnet(input_shape, cfg.norm, cfg.dropout)
+        backbone = alexnet(input_shape, cfg.norm, cfg.dropout,
+                           tuple(cfg.alexnet_widths or ALEXNET_WIDTHS))
     elif cfg.arch == "tinynet":
         backbone = tinynet(input_shape, cfg.norm)
     elif cfg.arch == "resnet18":
@@ -63,10 +64,12 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...],
 def model_fingerprint(cfg: ModelConfig, input_shape: tuple[int, ...]) -> str:
     """A short hash naming the architecture; a store records it and refuses another model.
 
-    ``head`` enters the hash only when it is not the default, so stores written before the
-    field existed keep their fingerprint."""
+    Fields added later (``head``, ``alexnet_widths``) enter the hash only when they are not their
+    default, so stores written before them keep their fingerprint."""
     dump = cfg.model_dump(mode="json")
     if dump.get("head") == "per_task":
         del dump["head"]
+    if dump.get("alexnet_widths") is None:
+        dump.pop("alexnet_widths", None)
     text = json.dumps({"model": dump, "input": list(input_shape)}, sort_keys=True)
     return f"{cfg.arch}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"

@@ -21,25 +21,31 @@ def mlp(input_shape: tuple[int, ...], hidden: list[int], norm: str, dropout: flo
     return nn.Sequential(*layers)
 
 
-def alexnet(input_shape: tuple[int, ...], norm: str, dropout: float) -> nn.Module:
+ALEXNET_WIDTHS = (64, 128, 256, 2048, 2048)
+
+
+def alexnet(input_shape: tuple[int, ...], norm: str, dropout: float,
+            widths: tuple[int, ...] = ALEXNET_WIDTHS) -> nn.Module:
     """AlexNet-like net for Split CIFAR-100: 3 convs (64/128/256, k 4/3/2) + fc 2048-2048.
 
     Dropout 0.2/0.2/0.5 after the convs and 0.5 after the fcs as in WSN, scaled off when the recipe
-    sets ``dropout: 0`` (``dropout`` > 0 turns the paper's schedule on).
+    sets ``dropout: 0`` (``dropout`` > 0 turns the paper's schedule on). ``widths`` (the convs'
+    channels, then the fcs' widths) narrows the net for small CPU budgets; the default is WSN's.
     """
     c = input_shape[0]
     drops = (0.2, 0.2, 0.5, 0.5, 0.5) if dropout > 0 else (0.0,) * 5
+    convs = zip((c, *widths[:2]), widths[:3], (4, 3, 2), strict=True)
     layers: list[nn.Module] = []
-    for (cin, cout, k), p in zip(((c, 64, 4), (64, 128, 3), (128, 256, 2)), drops, strict=False):
+    for (cin, cout, k), p in zip(convs, drops, strict=False):
         layers += [MaskedConv2d(cin, cout, k), make_norm(norm, cout, 2), nn.ReLU()]
         layers += [nn.Dropout(p), nn.MaxPool2d(2)] if p > 0 else [nn.MaxPool2d(2)]
     layers.append(nn.Flatten())
     width = _flat_size(nn.Sequential(*layers), input_shape)
-    for p in drops[3:]:
-        layers += [MaskedLinear(width, 2048), make_norm(norm, 2048, 1), nn.ReLU()]
+    for fc, p in zip(widths[3:], drops[3:], strict=True):
+        layers += [MaskedLinear(width, fc), make_norm(norm, fc, 1), nn.ReLU()]
         if p > 0:
             layers.append(nn.Dropout(p))
-        width = 2048
+        width = fc
     return nn.Sequential(*layers)
 
 

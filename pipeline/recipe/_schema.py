@@ -28,6 +28,8 @@ STREAMS = (
     "five_datasets",
     "tinyimagenet",
 )
+# the streams of 28x28 grey images (MNIST, Fashion-MNIST): ``benchmark.pad_to`` applies to these
+MNIST_STREAMS = ("permuted_mnist", "rotated_mnist", "split_mnist", "split_fmnist", "mnist_fmnist")
 ARCHS = ("mlp", "alexnet", "resnet18", "tinynet")
 # Upper bounds: far above any real run, low enough that a typo cannot ask for years of compute or
 # terabytes of memory. Each is in the field's schema (``taskpack schema``).
@@ -67,9 +69,20 @@ class BenchmarkConfig(_Section):
     data_dir: RecipePath | None = Field(
         default=None, description="folder with local datasets (CIFAR, SVHN, TinyImageNet)"
     )
+    pad_to: Annotated[int, Field(ge=28, le=1024)] | None = Field(
+        default=None, description="MNIST-family streams only: zero-pad the 28x28 images to this "
+        "square side (32: the input size of the CNNs); None = 28x28"
+    )
     cache_dir: RecipePath | None = Field(
         default=None, description="folder of fetched data; default $TASKPACK_DATA or ~/.cache"
     )
+
+    @model_validator(mode="after")
+    def _pad_only_mnist(self) -> BenchmarkConfig:
+        if self.pad_to is not None and self.stream not in MNIST_STREAMS:
+            raise ValueError(f"pad_to applies only to the MNIST-family streams "
+                             f"{list(MNIST_STREAMS)}, got stream {self.stream!r}")
+        return self
 
 
 class ModelConfig(_Section):
@@ -79,6 +92,10 @@ class ModelConfig(_Section):
     hidden: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
         default=[2000, 2000], min_length=1, max_length=64)
     width: int = Field(default=20, ge=1, le=1024, description="resnet18 base width")
+    alexnet_widths: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] | None = Field(
+        default=None, min_length=5, max_length=5,
+        description="alexnet only: channels of its 3 convs and widths of its 2 fcs; "
+        "None = the paper's 64, 128, 256, 2048, 2048")
     norm: Literal["none", "stateless", "per_task"] = Field(
         default="none",
         description="stateless = BN without affine and without running stats (WSN); "
@@ -91,6 +108,12 @@ class ModelConfig(_Section):
         default="per_task",
         description="per_task = one unmasked Linear per task; shared = one output layer masked "
         "per task like the other layers (every task must have the same class count)")
+
+    @model_validator(mode="after")
+    def _widths_for_alexnet(self) -> ModelConfig:
+        if self.alexnet_widths is not None and self.arch != "alexnet":
+            raise ValueError(f"alexnet_widths applies only to arch 'alexnet', got {self.arch!r}")
+        return self
 
 
 class TrainConfig(_Section):
@@ -254,7 +277,10 @@ class SearchConfig(_Section):
                                  description="own-weight fine-tune per trial")
     warm_start: bool = Field(default=True,
                              description="task t's first trial is task t-1's chosen plan")
-    latency_batch: int = Field(default=1, ge=1, le=MAX_BATCH)
+    latency_batch: int = Field(
+        default=1, ge=1, le=MAX_BATCH,
+        description="batch of the search's latency measurement; >= 2 with model.norm "
+        "stateless (batch statistics)")
     target: Name | None = Field(default=None, description="target name; None = the first")
 
     # RDB storages only: a worker records a heartbeat every heartbeat_s while it runs a trial; a
@@ -438,6 +464,11 @@ class Recipe(_Section):
             raise ValueError("evaluation.infer_per: sample needs model.norm none or per_task: "
                              "stateless BN normalises with batch statistics, which one input "
                              "does not have (use infer_per: batch)")
+        if self.search.enabled and self.model.norm == "stateless" and \
+                self.search.latency_batch < 2:
+            raise ValueError("model.norm 'stateless' normalizes with batch statistics (one "
+                             "image has none): `search.latency_batch >= 2` must hold, got "
+                             f"{self.search.latency_batch}")
         if self.search.enabled and not self.method.compresses_own_weights:
             raise ValueError("search.enabled needs a method whose tasks are compressed "
                              f"(e.g. method.kind: tsn), got {self.method.kind!r}")

@@ -28,15 +28,51 @@ def test_shrink_removes_zero_units_and_consumer_columns() -> None:
     assert torch.allclose(small(x), model(x), atol=1e-6)
 
 
-def test_shrink_keeps_unit_with_nonzero_bias_and_the_head() -> None:
+def test_shrink_folds_a_constant_unit_into_the_consumer_and_keeps_the_head() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
     with torch.no_grad():
-        model[0].weight[1] = 0  # bias stays nonzero: relu(b) is a constant, not zero
+        model[0].weight[1] = 0
+        model[0].bias[1] = 0.5  # relu(0.5) = 0.5 for every input: a constant, folded
+        model[0].weight[2] = 0
+        model[0].bias[2] = -1.0  # relu(-1) = 0: removed with nothing to fold
         model[2].weight[0] = 0
         model[2].bias[0] = 0
     small = shrink(model)
-    assert small[0].out_features == 4
-    assert small[2].out_features == 2
+    assert small[0].out_features == 2
+    assert torch.equal(small[2].weight, model[2].weight[:, [0, 3]])
+    assert torch.equal(small[2].bias, model[2].bias + 0.5 * model[2].weight[:, 1])
+    assert small[2].out_features == 2  # the head keeps its outputs
+    x = torch.randn(5, 3)
+    assert torch.allclose(small(x), model(x), atol=1e-6)
+
+
+def test_shrink_folds_conv_channels_behind_a_per_task_batchnorm() -> None:
+    """A pruned filter followed by an affine BN with running statistics outputs BN(0), not 0:
+    the constant goes into the next conv's bias (unpadded) or the linear's (through Flatten)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 2, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 3)).eval()
+    with torch.no_grad():
+        for bn in (model[1], model[5]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 2)
+            bn.bias.fill_(0.3)  # > 0: a dead channel's output survives the ReLU
+        model[0].weight[1] = 0
+        model[4].weight[[2, 5]] = 0
+    small = shrink(model)
+    assert (small[0].out_channels, small[1].num_features, small[4].in_channels) == (3, 3, 3)
+    assert (small[4].out_channels, small[8].in_features) == (4, 4 * 2 * 2)
+    assert small[4].bias is not None and small[4].bias.abs().sum() > 0  # the fold
+    x = torch.randn(4, 1, 9, 9)
+    assert torch.allclose(small(x), model(x), atol=1e-5)
+    padded = nn.Sequential(*[model[i] for i in range(4)], nn.Conv2d(4, 2, 3, padding=1),
+                           nn.Flatten(), nn.Linear(2 * 9, 2)).eval()
+    with torch.no_grad():  # a zero-padded consumer sees 0 at the border, not the constant
+        padded[0].weight[1] = 0
+    assert shrink(padded)[0].out_channels == 4
 
 
 def test_shrink_through_conv_bn_pool_flatten() -> None:

@@ -269,6 +269,32 @@ class TestSplitFashionMNIST(StreamContract):
     missing = "Fashion-MNIST is not in the data cache .*taskpack data fetch fashion-mnist"
 
 
+class TestSplitFashionMNIST32(TestSplitFashionMNIST):
+    """The same stream padded to 32x32 for the CNNs (``benchmark.pad_to``)."""
+
+    options = {"pad_to": 32}
+
+    def test_images_are_centred_in_a_black_border(self, data: dict[str, Path]) -> None:
+        padded, plain = self.build(data), self.build(data, pad_to=None)
+        assert padded.input_shape == (1, 32, 32) and plain.input_shape == (1, 28, 28)
+        a, b = padded.load(2).test.x, plain.load(2).test.x
+        assert torch.equal(a, torch.nn.functional.pad(b, (2, 2, 2, 2)))
+
+
+@pytest.mark.parametrize("stream", ["permuted_mnist", "rotated_mnist", "split_mnist",
+                                    "mnist_fmnist"])
+def test_every_mnist_family_stream_pads_to_32(data: dict[str, Path], stream: str) -> None:
+    built = build_stream(BenchmarkConfig(stream=stream, cache_dir=data["cache_dir"], tasks=1,
+                                         pad_to=32))
+    assert built.input_shape == (1, 32, 32)
+    assert tuple(built.load(0).train.x.shape[1:]) == (1, 32, 32)
+
+
+def test_pad_to_is_refused_for_other_streams() -> None:
+    with pytest.raises(ValueError, match="pad_to applies only to the MNIST-family streams"):
+        BenchmarkConfig(stream="split_cifar100", pad_to=32)
+
+
 class TestSplitCIFAR100(StreamContract):
     stream, n_tasks, max_tasks = "split_cifar100", 10, 10
     n_train, n_test = 30, 10  # 10 classes x (3 train, 1 test) per class

@@ -74,6 +74,15 @@ def _err(data: dict) -> str:
          "compression.rules.0.match: not a valid regular expression"),
         ({"targets": [{"name": "a"}, {"name": "a"}]}, "target names must be unique"),
         ({"targets": [{"name": "r", "kind": "rpc"}]}, "needs an `rpc` section"),
+        ({"benchmark": {"stream": "split_cifar100", "pad_to": 32}},
+         "benchmark: pad_to applies only to the MNIST-family streams"),
+        ({"benchmark": {"pad_to": 16}}, "benchmark.pad_to: must be >= 28, got 16"),
+        ({"model": {"arch": "resnet18", "alexnet_widths": [1, 2, 3, 4, 5]}},
+         "model: alexnet_widths applies only to arch 'alexnet', got 'resnet18'"),
+        ({"model": {"arch": "alexnet", "alexnet_widths": [1, 2]}},
+         "model.alexnet_widths: "),
+        ({"model": {"norm": "stateless"}, "method": {"kind": "tsn"},
+          "search": {"enabled": True}}, "`search.latency_batch >= 2` must hold, got 1"),
     ],
 )
 def test_bad_values_name_their_path(data: dict, expected: str) -> None:
@@ -168,3 +177,20 @@ def test_run_names_cannot_leave_output_dir(name: str) -> None:
 def test_numbers_must_be_finite(value: float) -> None:
     with pytest.raises(RecipeError, match="train.lr: must be a finite number"):
         recipe_from_dict({"name": "t", "train": {"lr": value}})
+
+
+@pytest.mark.parametrize("name", ["split-fmnist-cnn-x86", "split-mnist-cnn-gpu"])
+def test_cnn_search_recipes_give_the_convs_their_own_rule(name: str) -> None:
+    """The first search rule of the CNN recipes is for the conv layers, and for them only (a
+    layer-name typo would silently hand the convs the fc rule)."""
+    import re
+
+    from pipeline.models import MaskedConv2d, build_model
+
+    recipe = load_recipe(RECIPES / f"{name}.yaml")
+    assert recipe.benchmark.pad_to == 32
+    model = build_model(recipe.model, (1, 32, 32))
+    convs = {n for n, m in model.masked_layers().items() if isinstance(m, MaskedConv2d)}
+    rule = recipe.search.space[0]
+    assert {n for n in model.masked_layers() if re.fullmatch(rule.match, n)} == convs
+    assert "channel" in rule.patterns and "2:4" in rule.patterns

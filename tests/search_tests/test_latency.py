@@ -57,3 +57,33 @@ def test_eager_latency_uses_the_target_transforms_and_threads(tmp_path: Path,
     result = compiled_latency(target, tmp_path)(_mlp(0, slice(0, 8)), torch.randn(1, 16))
     assert result.median_ms > 0 and not result.cached
     assert seen == [(("shrink", "int8"), 1)]
+
+
+def test_conv_labels_are_storage_only_where_shape_transforms_cannot_apply() -> None:
+    """Conv patterns on a chain (AlexNet-like) are realized by block_sparse / shrink; on the
+    reduced ResNet (not a chain) the same plans run dense, and the labels say so."""
+    from pipeline.models import build_model
+    from pipeline.recipe import LayerPlan, ModelConfig
+    from pipeline.subnet import is_chain
+    from search._latency import realizability_labels
+
+    target = TargetConfig(name="host", backend="tvm", transforms=["shrink", "block_sparse",
+                                                                  "int8"])
+    alex = build_model(ModelConfig(arch="alexnet", alexnet_widths=[16, 32, 64, 32, 32]),
+                       (1, 32, 32))
+    resnet = build_model(ModelConfig(arch="resnet18", width=16), (1, 32, 32))
+    assert is_chain(alex) and not is_chain(resnet)
+    plans = {"block": LayerPlan(sparsity=0.75, pattern="block(16,1)", bits=8),
+             "channel": LayerPlan(sparsity=0.25, pattern="channel", bits=8),
+             "nm": LayerPlan(sparsity=0.5, pattern="2:4", bits=8)}
+    conv = (32, 16, 3, 3)  # viewed as (32, 144): 16x1 blocks fit
+    shapes = dict.fromkeys(plans, conv)
+    labels = realizability_labels(target, shapes, chain=is_chain(alex))(plans)
+    assert labels == {"block": "speed-realizable", "channel": "speed-realizable",
+                      "nm": "storage-only"}
+    labels = realizability_labels(target, dict.fromkeys(plans, conv),
+                                  chain=is_chain(resnet))(plans)
+    assert set(labels.values()) == {"storage-only"}
+    fc = realizability_labels(target, {"block": (32, 64)}, chain=False)(
+        {"block": plans["block"]})
+    assert fc == {"block": "speed-realizable"}  # int8 rewrites linears anywhere
