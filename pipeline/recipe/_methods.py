@@ -7,20 +7,11 @@ validates into the config of its ``kind`` and ``taskpack schema`` lists every re
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import (
-    Field,
-    GetJsonSchemaHandler,
-    SerializeAsAny,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
-    field_validator,
-)
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic import Field, field_validator
 
-from pipeline.errors import did_you_mean
+from pipeline.recipe._kinds import KindRegistry
 from pipeline.recipe._section import BITS, _Section
 
 __all__ = ["ExSSNeTMethod", "MethodConfig", "MethodField", "PackNetMethod", "PruneConfig",
@@ -39,45 +30,20 @@ class MethodConfig(_Section):
     kind: str
 
 
-_METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+METHODS: KindRegistry[MethodConfig] = KindRegistry("method", MethodConfig, default="wsn")
+_METHOD_CONFIGS = METHODS.configs  # kind -> config class
 
 
 def register_method_config(kind: str, config: type[MethodConfig]) -> None:
-    """Make ``method: {kind: <kind>, ...}`` validate into ``config`` (see pipeline.methods)."""
-    if not (isinstance(config, type) and issubclass(config, MethodConfig)):
-        raise TypeError(f"a method config must subclass MethodConfig, but got {config!r}.")
-    known = _METHOD_CONFIGS.get(kind)
-    if known is not None and known is not config:
-        raise ValueError(f"method kind {kind!r} is already registered to {known.__name__}.")
-    _METHOD_CONFIGS[kind] = config
+    """Make ``method: {kind: <kind>, ...}`` validate into ``config`` (see pipeline.methods); an
+    omitted kind means WSN, the family's base."""
+    METHODS.register(kind, config)
 
 
-def _validate_method(v: Any, handler: ValidatorFunctionWrapHandler) -> MethodConfig:
-    if isinstance(v, MethodConfig):
-        return v
-    if not isinstance(v, dict):
-        raise PydanticCustomError("method_type", "must be a mapping with a `kind`")
-    kind = v.get("kind", "wsn")  # an omitted kind means WSN, the family's base
-    config = _METHOD_CONFIGS.get(kind) if isinstance(kind, str) else None
-    if config is None:
-        raise PydanticCustomError("method_kind",
-                                  "unknown kind {kind}; expected one of {kinds}{hint}",
-                                  {"kinds": str(list(_METHOD_CONFIGS)), "kind": repr(kind),
-                                   "hint": did_you_mean(str(kind), _METHOD_CONFIGS)})
-    return config.model_validate({**v, "kind": kind})
-
-
-class _MethodSchema:
-    """JSON schema of ``method``: one of the registered method configs, by ``kind``."""
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, _schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"oneOf": [handler(c.__pydantic_core_schema__) for c in _METHOD_CONFIGS.values()]}
-
-
-MethodField = Annotated[SerializeAsAny[MethodConfig], WrapValidator(_validate_method),
-                        _MethodSchema]
+if TYPE_CHECKING:  # what a checker sees: the base config
+    MethodField = MethodConfig
+else:
+    MethodField = METHODS.field()
 
 
 class RigLConfig(_Section):

@@ -6,19 +6,11 @@ forget-free method stays forget-free with any of them (docs/training.md).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import (
-    Field,
-    GetJsonSchemaHandler,
-    SerializeAsAny,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
-    field_validator,
-)
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic import Field, field_validator
 
+from pipeline.recipe._kinds import KindRegistry
 from pipeline.recipe._section import _Section
 
 __all__ = ["DataRemovalPlugin", "DataSievingPlugin", "GradientMaskingPlugin",
@@ -31,40 +23,18 @@ class PluginConfig(_Section):
     kind: str
 
 
-_PLUGIN_CONFIGS: dict[str, type[PluginConfig]] = {}
+PLUGINS: KindRegistry[PluginConfig] = KindRegistry("plugin", PluginConfig)
 
 
 def register_plugin_config(kind: str, config: type[PluginConfig]) -> None:
     """Make ``train.plugins: [{kind: <kind>, ...}]`` validate into ``config``."""
-    if not (isinstance(config, type) and issubclass(config, PluginConfig)):
-        raise TypeError(f"a plugin config must subclass PluginConfig, but got {config!r}.")
-    known = _PLUGIN_CONFIGS.get(kind)
-    if known is not None and known is not config:
-        raise ValueError(f"plugin kind {kind!r} is already registered to {known.__name__}.")
-    _PLUGIN_CONFIGS[kind] = config
+    PLUGINS.register(kind, config)
 
 
-def _validate_plugin(v: Any, handler: ValidatorFunctionWrapHandler) -> PluginConfig:
-    if isinstance(v, PluginConfig):
-        return v
-    if not isinstance(v, dict) or not isinstance(v.get("kind"), str):
-        raise PydanticCustomError("plugin_type", "must be a mapping with a string `kind`")
-    config = _PLUGIN_CONFIGS.get(v["kind"])
-    if config is None:
-        raise PydanticCustomError("plugin_kind", "unknown kind {kind}; expected one of {kinds}",
-                                  {"kinds": str(list(_PLUGIN_CONFIGS)), "kind": repr(v["kind"])})
-    return config.model_validate(v)
-
-
-class _PluginSchema:
-    @classmethod
-    def __get_pydantic_json_schema__(cls, _schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"oneOf": [handler(c.__pydantic_core_schema__) for c in _PLUGIN_CONFIGS.values()]}
-
-
-PluginField = Annotated[SerializeAsAny[PluginConfig], WrapValidator(_validate_plugin),
-                        _PluginSchema]
+if TYPE_CHECKING:  # what a checker sees: the base config
+    PluginField = PluginConfig
+else:
+    PluginField = PLUGINS.field()
 
 Epoch = Annotated[int, Field(ge=0, le=10_000)]
 
