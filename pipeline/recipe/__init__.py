@@ -11,8 +11,10 @@ from pipeline.recipe._load import (
     recipe_to_yaml,
 )
 from pipeline.recipe._methods import (
+    CLNPMethod,
     ExSSNeTMethod,
     MethodConfig,
+    NISPAMethod,
     PackNetMethod,
     PruneConfig,
     QuantizeConfig,
@@ -41,6 +43,7 @@ from pipeline.recipe._schema import (
 
 __all__ = [
     "BenchmarkConfig",
+    "CLNPMethod",
     "CompressionConfig",
     "ExSSNeTMethod",
     "LayerPlan",
@@ -48,6 +51,7 @@ __all__ = [
     "MethodConfig",
     "Pattern",
     "ModelConfig",
+    "NISPAMethod",
     "PackNetMethod",
     "PruneConfig",
     "QuantizeConfig",
