@@ -16,7 +16,7 @@ from pipeline.models import ContinualNet, MaskedLinear
 from pipeline.recipe import Recipe
 
 __all__ = ["check_unit_model", "head_name", "kaiming_fan_out", "mean_activations",
-           "relu_after", "source_units"]
+           "relu_after", "source_units", "task_head"]
 
 
 def check_unit_model(model: ContinualNet, recipe: Recipe | None, kind: str) -> None:
@@ -64,6 +64,14 @@ def source_units(model: ContinualNet, active: dict[str, torch.Tensor]) -> dict[s
                                 device=layer.weight.device) if prev is None else prev)
         prev = active[name]
     return out
+
+
+def task_head(model: ContinualNet, task: int) -> nn.Linear:
+    """The head of ``task`` (a plain ``nn.Linear``)."""
+    head = model.heads[task]
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"the head of task {task} is a {type(head).__name__}, not a Linear")
+    return head
 
 
 def head_name(model: ContinualNet) -> str:

@@ -28,7 +28,7 @@ sweep here reads the validation split only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,6 +45,7 @@ from pipeline.methods._units import (
     mean_activations,
     relu_after,
     source_units,
+    task_head,
 )
 from pipeline.models import ContinualNet
 from pipeline.recipe import CLNPMethod, Recipe
@@ -142,14 +143,14 @@ class CLNP(Method):
             if layer.weight.grad is not None:
                 layer.weight.grad[self.active[name]] = 0.0
 
-    # ---- pruning ------------------------------------------------------------------------------
+    # ---- pruning ----------------------------------------------------------------------------
     def _snapshot(self, task: int, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The task as it would be with only ``units`` kept: links among them, head on them."""
         layers = self.model.masked_layers()
         src = source_units(self.model, units)
         snap = {f"{n}.weight": m.weight.detach() * link_mask(units[n], src[n])
                 for n, m in layers.items()}
-        head = self.model.heads[task]
+        head = task_head(self.model, task)
         snap[f"heads.{task}.weight"] = head.weight.detach() * units[head_name(self.model)]
         if head.bias is not None:
             snap[f"heads.{task}.bias"] = head.bias.detach()
@@ -191,7 +192,7 @@ class CLNP(Method):
         mask, own, shared = {}, {}, {}
         gen = self._gen(task)
         last = head_name(self.model)
-        head = self.model.heads[task].weight
+        head = task_head(self.model, task).weight
         with torch.no_grad():
             for name, layer in layers.items():
                 new = units[name] & ~self.active[name]
@@ -220,7 +221,7 @@ class CLNP(Method):
         stats["union_density"] = sum(int(m.sum()) for m in self.held.values()) / total
         return TaskMasks(mask, own, shared, stats)
 
-    # ---- store and resume ---------------------------------------------------------------------
+    # ---- store and resume -------------------------------------------------------------------
     def after_commit(self, task: int, store: PackedStore) -> None:
         """Active rows take exactly what the store holds (0 where it holds nothing). A method
         built fresh on a store (a search worker) takes its active units from the store."""
@@ -244,7 +245,7 @@ class CLNP(Method):
                 self.active[key.removeprefix(_ACTIVE)] = value.bool()
 
 
-def _prev(layers: dict[str, object], name: str) -> str:
+def _prev(layers: Mapping[str, object], name: str) -> str:
     names = list(layers)
     return names[names.index(name) - 1]
 

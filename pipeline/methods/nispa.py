@@ -49,6 +49,7 @@ from pipeline.methods._units import (
     kaiming_fan_out,
     mean_activations,
     source_units,
+    task_head,
 )
 from pipeline.methods.clnp import link_mask
 from pipeline.models import ContinualNet
@@ -180,11 +181,11 @@ class NISPA(Method):
         for name, layer in self.model.masked_layers().items():
             if layer.weight.grad is not None:
                 layer.weight.grad[self.stable[name]] = 0.0
-        head = self.model.heads[task].weight
+        head = task_head(self.model, task).weight
         if self.head_units is not None and head.grad is not None:
             head.grad[:, ~self.head_units] = 0.0
 
-    # ---- rewiring -----------------------------------------------------------------------------
+    # ---- rewiring ---------------------------------------------------------------------------
     def rewire(self, task: int, p: float, data: Task, batch_size: int, phase: int) -> None:
         """Promote the units carrying share ``p`` of the activation, drop plastic->stable links,
         regrow as many into plastic units."""
@@ -205,7 +206,7 @@ class NISPA(Method):
                 self._regrow(name, gen)
             last = head_name(self.model)
             self.head_units = self.working[last].clone()
-            self.model.heads[task].weight[:, ~self.head_units] = 0.0
+            task_head(self.model, task).weight[:, ~self.head_units] = 0.0
 
     def _link_orphans(self, name: str, plastic_src: torch.Tensor, gen: torch.Generator) -> None:
         conn, targets = self.conn[name], (~self.working[name]).nonzero().squeeze(1).cpu()
@@ -241,11 +242,11 @@ class NISPA(Method):
         w.view(-1)[flat] = values.to(w.device)
         self.conn[name].view(-1)[flat] = True
 
-    # ---- phase snapshots ------------------------------------------------------------------------
+    # ---- phase snapshots --------------------------------------------------------------------
     def _save(self, task: int) -> _PhaseState:
         return _PhaseState(
             {n: m.weight.detach().clone() for n, m in self.model.masked_layers().items()},
-            {k: v.detach().clone() for k, v in self.model.heads[task].named_parameters()},
+            {k: v.detach().clone() for k, v in task_head(self.model, task).named_parameters()},
             {n: c.clone() for n, c in self.conn.items()},
             {n: c.clone() for n, c in self.working.items()},
             None if self.head_units is None else self.head_units.clone())
@@ -254,11 +255,11 @@ class NISPA(Method):
         with torch.no_grad():
             for n, m in self.model.masked_layers().items():
                 m.weight.copy_(saved.weights[n])
-            for k, v in self.model.heads[task].named_parameters():
+            for k, v in task_head(self.model, task).named_parameters():
                 v.copy_(saved.head[k])
         self.conn, self.working, self.head_units = saved.conn, saved.working, saved.head_units
 
-    # ---- ending a task ----------------------------------------------------------------------------
+    # ---- ending a task ----------------------------------------------------------------------
     def end_task(self, task: int) -> TaskMasks:
         self.stable = {n: self.stable[n] | u for n, u in self.working.items()}
         src = source_units(self.model, self.stable)
@@ -277,7 +278,7 @@ class NISPA(Method):
                 self.stats[f"plastic_units.{name}"] = float((~self.stable[name]).sum())
                 self.stats[f"density.{name}"] = float(conn.sum()) / conn.numel()
             last = head_name(self.model)
-            self.model.heads[task].weight[:, ~self.stable[last]] = 0.0
+            task_head(self.model, task).weight[:, ~self.stable[last]] = 0.0
         self.held = {n: m.clone() for n, m in mask.items()}
         self.working = {n: s.clone() for n, s in self.stable.items()}
         self.head_units, self.data, self.done = None, None, task + 1
@@ -286,7 +287,7 @@ class NISPA(Method):
         stats["union_density"] = sum(int(m.sum()) for m in self.held.values()) / total
         return TaskMasks(mask, own, shared, stats)
 
-    # ---- store and resume ---------------------------------------------------------------------
+    # ---- store and resume -------------------------------------------------------------------
     def after_commit(self, task: int, store: PackedStore) -> None:
         """Stable rows take exactly what the store holds; own links the compression pruned leave
         the connectivity and regrow into plastic units (exact density again)."""

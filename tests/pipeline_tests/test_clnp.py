@@ -11,8 +11,8 @@ from pipeline.data import Task
 from pipeline.errors import RecipeError
 from pipeline.evaluation import snapshot_logits
 from pipeline.methods import CLNP, TaskMasks, build_method
-from pipeline.methods.clnp import link_mask
 from pipeline.methods._units import source_units
+from pipeline.methods.clnp import link_mask
 from pipeline.models import ContinualNet
 from pipeline.recipe import CLNPMethod, TrainConfig, recipe_from_dict
 from pipeline.train import train_task

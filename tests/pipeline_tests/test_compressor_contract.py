@@ -62,6 +62,20 @@ class TestPlanCompressor(CompressorContract):
             assert torch.equal(out.layers[name].values, m.weight.detach())
 
 
+class TestPlanCompressorCLNP(CompressorContract):  # "CLNP + TSN compression"
+    method: ClassVar[dict] = {"kind": "clnp", "margin": 2.0, "threshold_step": 0.05,
+                              "prune": {"steps": 2}, "quantize": {"bits": [4, 8],
+                                                                  "adaptive": True}}
+
+    def make(self, recipe) -> Compressor:  # noqa: ANN001
+        return PlanCompressor()
+
+
+class TestPlanCompressorNISPA(TestPlanCompressorCLNP):  # "NISPA + TSN compression"
+    method: ClassVar[dict] = {"kind": "nispa", "density": 0.3, "phase_epochs": 1, "k": 4,
+                              "prune": {"steps": 2}, "quantize": {"bits": [4, 8]}}
+
+
 def test_compressor_is_abstract() -> None:
     with pytest.raises(TypeError):
         Compressor()  # type: ignore[abstract]

@@ -13,8 +13,8 @@ import torch
 from pipeline.compress import task_tensors, trained_layers
 from pipeline.evaluation import snapshot_logits
 from pipeline.methods import NISPA, Phase, TaskMasks
-from pipeline.methods.clnp import link_mask
 from pipeline.methods._units import source_units
+from pipeline.methods.clnp import link_mask
 from pipeline.methods.nispa import phase_share, top_share
 from pipeline.models import ContinualNet
 from pipeline.recipe import NISPAMethod, TrainConfig
