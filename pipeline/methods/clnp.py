@@ -28,6 +28,7 @@ sweep here reads the validation split only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from pipeline.store import PackedStore
 
 __all__ = ["CLNP", "link_mask"]
+
+log = logging.getLogger(__name__)
 
 _ACTIVE = "active/"  # state_dict keys: active/<layer>
 
@@ -219,6 +222,11 @@ class CLNP(Method):
         self.data = None
         total = sum(m.numel() for m in self.held.values())
         stats["union_density"] = sum(int(m.sum()) for m in self.held.values()) / total
+        log.info("task %d: threshold %.3g keeps %s new units (free left %s); validation "
+                 "%.2f%% -> %.2f%%", task, stats["threshold"],
+                 [int(stats[f"new_units.{n}"]) for n in layers],
+                 [int(stats[f"free_units.{n}"]) for n in layers],
+                 stats["val_acc_unpruned"], stats["val_acc_pruned"])
         return TaskMasks(mask, own, shared, stats)
 
     # ---- store and resume -------------------------------------------------------------------

@@ -33,6 +33,7 @@ are lost and ``method/density_shortfall.<layer>`` counts them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
     from pipeline.store import PackedStore
 
 __all__ = ["NISPA", "phase_share", "top_share"]
+
+log = logging.getLogger(__name__)
 
 _STABLE, _CONN = "stable/", "conn/"  # state_dict keys
 
@@ -285,6 +288,10 @@ class NISPA(Method):
         total = sum(m.numel() for m in self.held.values())
         stats = dict(self.stats)
         stats["union_density"] = sum(int(m.sum()) for m in self.held.values()) / total
+        log.info("task %d: %d phase(s) accepted (p %.3f); stable units %s of %s", task,
+                 int(stats.get("phases_accepted", 0)), stats.get("p_at_stop", math.nan),
+                 [int(s.sum()) for s in self.stable.values()],
+                 [len(s) for s in self.stable.values()])
         return TaskMasks(mask, own, shared, stats)
 
     # ---- store and resume -------------------------------------------------------------------
