@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate_snapshot
 from pipeline.methods._base import CompressionPasses, MaskMode, Method, Phase, TaskMasks
 from pipeline.methods._registry import register_method
@@ -162,6 +163,9 @@ class CLNP(Method):
     def sweep(self, task: int, data: Task) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """The units task ``task`` keeps: the highest threshold whose cut network stays within
         ``margin`` of the uncut one on validation data."""
+        if len(data.val) == 0:
+            raise PipelineError(f"clnp: task {task} has no validation examples to choose its "
+                                "pruning threshold on; raise benchmark.val_fraction")
         bs = self.recipe.train.eval_batch_size if self.recipe is not None else 256
         acts = mean_activations(self.model, task, data.train.x, bs)
         every = {n: torch.ones_like(a) for n, a in self.active.items()}

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate_live
 from pipeline.methods._base import CompressionPasses, MaskMode, Method, Phase, TaskMasks
 from pipeline.methods._registry import register_method
@@ -153,6 +154,9 @@ class NISPA(Method):
         if self.data is None:
             raise ValueError(f"nispa: task {task} needs its data (begin_task(task, store, data))")
         data, cfg = self.data, self.cfg
+        if len(data.val) == 0:
+            raise PipelineError(f"nispa: task {task} has no validation examples to stop its "
+                                "phases on; raise benchmark.val_fraction")
         bs = self.recipe.train.eval_batch_size if self.recipe is not None else 256
         best, accepted, i, p = -math.inf, self._save(task), 0, 1.0
         while True:

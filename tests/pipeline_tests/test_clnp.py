@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.data import Task
-from pipeline.errors import RecipeError
+from pipeline.data import Split, Task
+from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import snapshot_logits
 from pipeline.methods import CLNP, TaskMasks, build_method
 from pipeline.methods._units import source_units
@@ -194,3 +194,14 @@ def test_compile_is_a_recipe_error() -> None:
                                "train": {"compile": True}})
     with pytest.raises(RecipeError, match="train.compile"):
         build_method(tiny_mlp(), recipe)
+
+
+def test_no_validation_data_is_a_clear_error() -> None:
+    model = tiny_mlp()
+    method = CLNP(model, CLNPMethod())
+    task = tiny_task(0)
+    empty = Task(0, "t", 3, task.train, Split(task.val.x[:0], task.val.y[:0]), task.test)
+    model.add_task(3)
+    method.begin_task(0, None, empty)
+    with pytest.raises(PipelineError, match="no validation examples"):
+        method.end_task(0)

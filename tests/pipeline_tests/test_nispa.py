@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from pipeline.compress import task_tensors, trained_layers
+from pipeline.data import Split, Task
+from pipeline.errors import PipelineError
 from pipeline.evaluation import snapshot_logits
 from pipeline.methods import NISPA, Phase, TaskMasks
 from pipeline.methods._units import source_units
@@ -189,3 +191,13 @@ def test_links_the_compression_pruned_regrow_into_plastic_units(tmp_path) -> Non
         assert torch.equal(method.conn[n] & rows, layers[n].mask)  # stable rows: what is held
         assert torch.equal(layer.weight.detach() * rows,
                            torch.where(layers[n].mask, layers[n].values, 0.0))
+
+
+def test_no_validation_data_is_a_clear_error() -> None:
+    method = _method()
+    task = tiny_task(0)
+    empty = Task(0, "t", 3, task.train, Split(task.val.x[:0], task.val.y[:0]), task.test)
+    method.model.add_task(3)
+    method.begin_task(0, None, empty)
+    with pytest.raises(PipelineError, match="no validation examples"):
+        next(iter(method.phases(0)))
