@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     tracker = NoopTracker() if args.no_track else build_tracker(recipe.tracking)
-    print(where_line(recipe, tracking=not args.no_track), file=sys.stderr)
+    print(where_line(recipe, tracking=not args.no_track), flush=True)  # stderr: errors only
     compressor = None  # the runner's default: the recipe's plan through the method's passes
     if recipe.search.enabled:
         from search import SearchCompressor

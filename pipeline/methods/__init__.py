@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from pipeline.methods._base import CompressionPasses, MaskMode, Method, Phase, TaskMasks
 from pipeline.methods._registry import build_method, method_class, method_names, register_method
+from pipeline.methods.clnp import CLNP
 from pipeline.methods.exssnet import ExSSNeT
+from pipeline.methods.nispa import NISPA
 from pipeline.methods.packnet import PackNet
 from pipeline.methods.supsup import SupSup
 from pipeline.methods.tsn import TSN
 from pipeline.methods.wsn import WSN
 
 __all__ = [
+    "CLNP",
     "ExSSNeT",
+    "NISPA",
     "PackNet",
     "SupSup",
     "TSN",

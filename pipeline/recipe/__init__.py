@@ -11,8 +11,10 @@ from pipeline.recipe._load import (
     recipe_to_yaml,
 )
 from pipeline.recipe._methods import (
+    CLNPMethod,
     ExSSNeTMethod,
     MethodConfig,
+    NISPAMethod,
     PackNetMethod,
     PruneConfig,
     QuantizeConfig,
@@ -34,20 +36,22 @@ from pipeline.recipe._plugins import (
 )
 from pipeline.recipe._schema import (
     BenchmarkConfig,
-    CompressionConfig,
     EvaluationConfig,
-    LayerPlan,
-    LayerRule,
     ModelConfig,
     Recipe,
-    SearchConfig,
-    SearchConstraints,
-    SearchSpaceRule,
-    SelectionConfig,
     StoreConfig,
     TargetConfig,
     TrackingConfig,
     TrainConfig,
+)
+from pipeline.recipe._search import (
+    CompressionConfig,
+    LayerPlan,
+    LayerRule,
+    SearchConfig,
+    SearchConstraints,
+    SearchSpaceRule,
+    SelectionConfig,
 )
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "PluginConfig",
     "register_plugin_config",
     "BenchmarkConfig",
+    "CLNPMethod",
     "CompressionConfig",
     "EvaluationConfig",
     "ExSSNeTMethod",
@@ -66,6 +71,7 @@ __all__ = [
     "MethodConfig",
     "Pattern",
     "ModelConfig",
+    "NISPAMethod",
     "PackNetMethod",
     "PruneConfig",
     "QuantizeConfig",

@@ -14,8 +14,9 @@ from pydantic import Field, field_validator
 from pipeline.recipe._kinds import KindRegistry
 from pipeline.recipe._section import BITS, _Section
 
-__all__ = ["ExSSNeTMethod", "MethodConfig", "MethodField", "PackNetMethod", "PruneConfig",
-           "QuantizeConfig", "RigLConfig", "SupSupMethod", "TSNMethod", "WSNMethod",
+__all__ = ["CLNPMethod", "ExSSNeTMethod", "MethodConfig", "MethodField", "NISPAMethod",
+           "PackNetMethod", "PruneConfig", "QuantizeConfig", "RigLConfig", "SupSupMethod",
+           "TSNMethod", "WSNMethod",
            "register_method_config"]
 
 
@@ -181,6 +182,56 @@ class ExSSNeTMethod(MethodConfig):
     rigl: RigLConfig = RigLConfig()
 
 
+class CLNPMethod(MethodConfig):
+    """CLNP: train into free units with an L1 penalty, keep the free units whose mean activation
+    passes a threshold raised while validation accuracy stays within ``margin`` of the unpruned
+    network, cut free->active links, freeze the active units, re-initialise the rest. The TSN
+    passes (``prune``, ``quantize``) compress the task's own links afterwards; by default they
+    leave them as trained (the plan's bits: 32, ``quantize.adaptive: false``)."""
+
+    compresses_own_weights: ClassVar[bool] = True
+    kind: Literal["clnp"] = "clnp"
+    l1: float = Field(default=1e-4, ge=0, le=10,
+                      description="alpha: weight of the L1 penalty (0 turns it off)")
+    l1_on: Literal["activations", "weights"] = Field(
+        default="activations",
+        description="activations: mean over the batch of the summed |post-ReLU output| of the "
+        "free units; weights: summed |w| of the trainable links (the NISPA repo's baseline)")
+    margin: float = Field(
+        default=0.5, ge=0, le=100,
+        description="m, points: pruning keeps validation accuracy >= unpruned - m (graceful "
+        "forgetting); 0 prunes only what costs no validation accuracy")
+    threshold_step: float = Field(default=0.02, gt=0, le=100,
+                                  description="Delta: the activation threshold's step")
+    max_thresholds: int = Field(default=500, ge=1, le=100_000,
+                                description="at most this many thresholds tried per task")
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig(adaptive=False)
+
+
+class NISPAMethod(MethodConfig):
+    """NISPA: fixed-density sparse links; per task, phases that promote the units carrying a
+    shrinking share of the activation from plastic to stable, drop plastic->stable links and
+    regrow as many into plastic units; stop when validation accuracy falls below the best minus
+    ``margin``. The TSN passes compress the task's own links afterwards (off by default, as
+    CLNP)."""
+
+    compresses_own_weights: ClassVar[bool] = True
+    kind: Literal["nispa"] = "nispa"
+    density: float = Field(default=0.2, gt=0, le=1,
+                           description="fraction of each layer's links present (fixed)")
+    phase_epochs: int = Field(default=5, ge=1, le=10_000, description="e: epochs per phase")
+    k: int = Field(default=30, ge=3, le=10_000,
+                   description="phase schedule p_i = (1 + cos(pi i / k)) / 2")
+    min_p: float = Field(default=0.05, ge=0, le=0.5,
+                         description="stop once p_i falls to this share")
+    margin: float = Field(
+        default=0.75, ge=0, le=100,
+        description="a_f, points: stop when validation accuracy < best - a_f (from phase 3)")
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig(adaptive=False)
+
+
 register_method_config("wsn", WSNMethod)
 register_method_config("tsn", TSNMethod)
 register_method_config("packnet", PackNetMethod)
@@ -201,3 +252,5 @@ class SupSupMethod(MethodConfig):
 
 
 register_method_config("supsup", SupSupMethod)
+register_method_config("clnp", CLNPMethod)
+register_method_config("nispa", NISPAMethod)

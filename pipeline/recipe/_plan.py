@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from pipeline.errors import RecipeError
-from pipeline.recipe._schema import CompressionConfig, LayerPlan
+from pipeline.recipe._search import CompressionConfig, LayerPlan
 
 __all__ = ["match_layers", "plan_for_layers"]
 

@@ -52,3 +52,16 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+
+# Upper bounds: far above any real run, low enough that a typo cannot ask for years of compute or
+# terabytes of memory. Each is in the field's schema (``taskpack schema``).
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1 << 20
+MAX_EXAMPLES = 100_000_000
+MAX_WIDTH = 1 << 16
+# A folder name under output_dir: no path separators, not "." or ".." and no leading dot
+# (``--fresh`` deletes the run folder, so a name that points outside it would delete other data).
+SAFE_NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+Text = Annotated[str, Field(max_length=4096)]
+Name = Annotated[str, Field(min_length=1, max_length=128)]

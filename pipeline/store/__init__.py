@@ -10,7 +10,8 @@ from pipeline.store._codec import ALLOWED_BITS, LayerCommit, TaskCommit
 from pipeline.store._format import MAGIC as FORMAT_MAGIC
 from pipeline.store._format import VERSION as FORMAT_VERSION
 from pipeline.store._report import LayerReport, StoreReport, TaskReport, format_report
-from pipeline.store._store import SLEEP_ENV, PackedStore
+from pipeline.store._store import PackedStore
+from pipeline.store._write import SLEEP_ENV
 
 __all__ = [
     "ALLOWED_BITS",

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline._atomic import atomic_write
 from pipeline.errors import PipelineError, StoreError
 from pipeline.store._base import BASE_BITS, base_size, decode_base, encode_base
 from pipeline.store._codec import (
@@ -40,8 +38,8 @@ from pipeline.store._format import (
 )
 from pipeline.store._report import StoreReport, build_report
 from pipeline.store._tensors import tensor_from_bytes
+from pipeline.store._write import write_store_file
 
-SLEEP_ENV = "TASKPACK_STORE_SLEEP_BEFORE_REPLACE"
 # Sections between 'model' and the tasks, each optional, in this order. 'spec' (written by
 # create()): what rebuilding and exporting a task needs without the run's recipe (a JSON object the
 # caller builds: pipeline/store_spec.py); stores written before it have none. 'base' (written by
@@ -147,7 +145,7 @@ class PackedStore:
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"spec must be JSON-serializable, found {exc}") from None
         data, sections = build_file(b"", [], head)
-        _atomic_write(path, data)
+        write_store_file(path, data)
         return cls(path, data, sections)
 
     @classmethod
@@ -182,7 +180,7 @@ class PackedStore:
         ]
         data, sections = build_file(prefix, self._sections, [("base", payload)])
         self._check_unchanged_on_disk()
-        _atomic_write(self._path, data)
+        write_store_file(self._path, data)
         self._set_file(data, sections)
         self._base = decode_base(self._section("base"), self._layers)
         self._reset_state()
@@ -236,7 +234,7 @@ class PackedStore:
         state = decode_task(c.task, parts, self._layers, self._union, self._used, self._budget)
         self._check_roundtrip(c, state)
         self._check_unchanged_on_disk()
-        _atomic_write(self._path, data)
+        write_store_file(self._path, data)
         self._set_file(data, sections)
         apply_task(state, self._layers, self._union, self._used, self._current, self._budget)
         self._tasks.append(state)
@@ -395,21 +393,3 @@ class PackedStore:
         return (
             f"PackedStore({str(self._path)!r}, tasks={self.num_tasks}, layers={len(self._layers)})"
         )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file, whole."""
-    delay = os.environ.get(SLEEP_ENV, "")
-    try:
-        # the sleep is a test hook: it widens the window a SIGKILL test aims at
-        atomic_write(path, lambda f: f.write(data),
-                     before_replace=(lambda: time.sleep(_parse_delay(delay))) if delay else None)
-    except OSError as exc:
-        raise StoreError(f"store file {path} must be writable, found {exc}") from None
-
-
-def _parse_delay(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise StoreError(f"{SLEEP_ENV} must be a number of seconds, found {text!r}") from None

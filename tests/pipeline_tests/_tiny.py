@@ -44,7 +44,7 @@ def trained_tiny_session(recipe: Recipe, store_path: Path, run_dir: Path,
     store = PackedStore.create(store_path, model.layer_shapes(), "tiny", 32)
     task = tiny_task(0, n=192)
     model.add_task(task.num_classes)
-    method.begin_task(0, store)
+    method.begin_task(0, store, task)
     train_task(method, 0, task, recipe.train.model_copy(update={"epochs": 2, "lr": 0.01}))
     s = Session(recipe, None, model, method, tiny_mlp(), store, run_dir)  # type: ignore[arg-type]
     return s, TaskContext(task, method.end_task(0), QUIET, run or NoopRun())

@@ -67,6 +67,12 @@ class TestPlanCompressorOnSupSup(CompressorContract):
 
     method: ClassVar[dict] = {"kind": "supsup", "density": 0.3}
 
+
+class TestPlanCompressorCLNP(CompressorContract):  # "CLNP + TSN compression"
+    method: ClassVar[dict] = {"kind": "clnp", "margin": 2.0, "threshold_step": 0.05,
+                              "prune": {"steps": 2}, "quantize": {"bits": [4, 8],
+                                                                  "adaptive": True}}
+
     def make(self, recipe) -> Compressor:  # noqa: ANN001
         return PlanCompressor()
 
@@ -74,6 +80,11 @@ class TestPlanCompressorOnSupSup(CompressorContract):
         s, ctx = self._session(tmp_path)
         out = self.make(s.recipe).compress(s, ctx)
         assert s.store.has_base and all(not r.own.any() for r in out.layers.values())
+
+
+class TestPlanCompressorNISPA(TestPlanCompressorCLNP):  # "NISPA + TSN compression"
+    method: ClassVar[dict] = {"kind": "nispa", "density": 0.3, "phase_epochs": 1, "k": 4,
+                              "prune": {"steps": 2}, "quantize": {"bits": [4, 8]}}
 
 
 def test_compressor_is_abstract() -> None:

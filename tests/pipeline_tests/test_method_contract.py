@@ -53,7 +53,7 @@ class MethodContract:
         for t in range(2):
             task = tiny_task(t)
             model.add_task(task.num_classes)
-            method.begin_task(t, None)
+            method.begin_task(t, None, task)  # as the runner calls it: with the task's data
             train_task(method, t, task, TrainConfig(lr=0.01, epochs=1, batch_size=16))
             masks = method.end_task(t)
             assert isinstance(masks, TaskMasks)
@@ -67,6 +67,7 @@ class MethodContract:
         model = tiny_mlp()
         method = build_method(model, self.recipe())
         model.add_task(3)
+        method.begin_task(0, None, tiny_task(0))
         phases = list(method.phases(0))
         assert phases and all(isinstance(p, Phase) for p in phases)
         assert all(p.param_groups and all("params" in g for g in p.param_groups) for p in phases)
@@ -177,6 +178,20 @@ class TestTSNReuseOnlyRigL(MethodContract):
 
 class TestExSSNeTRigL(MethodContract):
     method = {**TestExSSNeT.method, **_RIGL}
+
+
+class TestCLNP(MethodContract):
+    method = {"kind": "clnp", "l1": 1e-4, "margin": 1.0, "threshold_step": 0.05}
+
+
+class TestCLNPCompressed(MethodContract):  # with the TSN passes: prune and quantize own links
+    method = {"kind": "clnp", "margin": 1.0, "threshold_step": 0.05,
+              "prune": {"steps": 2, "finetune_epochs": 1},
+              "quantize": {"bits": [4, 8], "adaptive": True}}
+
+
+class TestNISPA(MethodContract):
+    method = {"kind": "nispa", "density": 0.3, "phase_epochs": 1, "k": 4, "margin": 2.0}
 
 
 # ---- a method that exists only here, registered like any other --------------------------------

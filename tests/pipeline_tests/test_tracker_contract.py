@@ -147,7 +147,10 @@ def test_plain_mlflow_reads_moved_artifacts_through_the_entry_point(tmp_path: Pa
         pytest.skip("taskpack's entry points are not installed in this environment "
                     "(pip install -e . installs them)")
     monkeypatch.chdir(tmp_path)
-    tracker = MlflowTracker("sqlite:///mlruns/mlflow.db", "taskpack", "mlruns/artifacts")
+    # an absolute URI: MLflow caches one engine per URI, and the relative one of the test above
+    # still points at the database that test moved away (sqlite: "readonly database")
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "taskpack",
+                            "mlruns/artifacts")
     run = tracker.start("recipe")
     (tmp_path / "report.html").write_text("<html></html>")
     run.log_artifact(tmp_path / "report.html")

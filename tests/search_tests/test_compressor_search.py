@@ -33,3 +33,11 @@ class TestSearchCompressor(CompressorContract):
 
     def make(self, recipe) -> Compressor:  # noqa: ANN001
         return SearchCompressor(recipe, latency_fn=nonzeros_latency)
+
+
+class TestSearchCompressorCLNP(TestSearchCompressor):  # "CLNP + search"
+    method: ClassVar[dict] = {"kind": "clnp", "margin": 2.0, "threshold_step": 0.05}
+
+
+class TestSearchCompressorNISPA(TestSearchCompressor):  # "NISPA + search"
+    method: ClassVar[dict] = {"kind": "nispa", "density": 0.3, "phase_epochs": 1, "k": 4}
