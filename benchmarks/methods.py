@@ -162,6 +162,8 @@ def main() -> int:
                     help="default: 0 1 2 for table A, 0 for table B")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="section.key=JSON value applied to every run, e.g. train.threads=1")
+    ap.add_argument("--streams", nargs="+", default=None,
+                    help="a subset of the table's streams (one process per stream, in parallel)")
     ap.add_argument("--tune-trials", type=int, default=32)
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--track", action="store_true", help="track every run in MLflow")
@@ -183,7 +185,7 @@ def main() -> int:
     print(f"# machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; table {args.table}, seeds {seeds}")
     rows = []
-    for stream in TABLES[args.table]["streams"]:
+    for stream in args.streams or TABLES[args.table]["streams"]:
         for method in methods:
             row = Row(method, stream)
             for seed in seeds:
