@@ -91,6 +91,11 @@ class SearchCompressor(Compressor):
         path, meta = published_paths(session.run_dir, task)
         if not (path.is_file() and meta.is_file()):
             return False
+        if not session.method.end_task_repeatable:
+            log.info("task %d: %s changes the weights when the task ends, so the trained "
+                     "checkpoint %s cannot be reused; training the task again", task,
+                     self.recipe.method.kind, path)
+            return False
         try:
             weights = load_published(path)[0]
             session.model.load_state_dict(weights)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,15 @@ class Method(ABC):
 
     Constructed as ``Method(model, cfg, recipe)``: ``cfg`` is the validated ``method`` section,
     ``recipe`` the whole recipe (None in unit tests that build a method by hand).
+
+    ``end_task_repeatable``: whether ``end_task`` gives the same masks when called again on a
+    model restored to its state right after an earlier ``end_task`` (true when it only reads the
+    trained tensors, as WSN's top-c of the scores). A search interrupted mid-task reuses the
+    task's trained checkpoint only then; otherwise the task is trained again (end_task prunes,
+    cuts or re-initialises, and a second call would do it twice).
     """
+
+    end_task_repeatable: ClassVar[bool] = True
 
     def __init__(self, model: ContinualNet, cfg: MethodConfig,
                  recipe: Recipe | None = None) -> None:

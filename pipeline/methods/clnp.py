@@ -70,6 +70,7 @@ def link_mask(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
 
 class CLNP(Method):
     cfg: CLNPMethod
+    end_task_repeatable = False  # end_task changes the weights: a second call repeats it
 
     def __init__(self, model: ContinualNet, cfg: CLNPMethod,
                  recipe: Recipe | None = None) -> None:

@@ -100,6 +100,7 @@ class _PhaseState:
 
 class NISPA(Method):
     cfg: NISPAMethod
+    end_task_repeatable = False  # end_task changes the weights: a second call repeats it
 
     def __init__(self, model: ContinualNet, cfg: NISPAMethod,
                  recipe: Recipe | None = None) -> None:

@@ -63,6 +63,7 @@ def prune_smallest(weight: torch.Tensor, own: torch.Tensor, fraction: float) -> 
 
 class PackNet(Method):
     cfg: PackNetMethod
+    end_task_repeatable = False  # end_task changes the weights: a second call repeats it
 
     def __init__(self, model: ContinualNet, cfg: PackNetMethod,
                  recipe: Recipe | None = None) -> None:

@@ -95,3 +95,23 @@ def test_a_damaged_checkpoint_is_trained_again(tmp_path: Path,
     trained = _count_training(monkeypatch)
     run_recipe(recipe, compressor=SearchCompressor(recipe, nonzeros_latency))
     assert trained == [0]
+
+
+@pytest.mark.parametrize("kind", ["clnp", "nispa"])  # the searchable ones (PackNet is not)
+def test_a_method_whose_end_task_changes_weights_trains_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        kind: str) -> None:
+    """CLNP cuts and re-initialises, NISPA rewires in ``end_task``: a checkpoint taken after it
+    cannot go through ``end_task`` a second time, so the task is trained again."""
+    recipe = load_recipe(REPO / "recipes/quickstart.yaml",
+                         [*SETTINGS, f"output_dir={tmp_path}", "benchmark.tasks=1",
+                          f"method={{kind: {kind}}}"])
+    folder = tmp_path / "quickstart" / "search"
+    folder.mkdir(parents=True)
+    (folder / "task-0-trained.npz").write_bytes(b"never read")
+    (folder / "task-0-trained.json").write_text('{"task": 0}')
+    trained = _count_training(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="search"):
+        run_recipe(recipe, compressor=SearchCompressor(recipe, nonzeros_latency))
+    assert trained == [0]
+    assert "cannot be reused; training the task again" in caplog.text
