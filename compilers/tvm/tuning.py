@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,14 +117,35 @@ def _space(ms):  # noqa: ANN001, ANN202
     )
 
 
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
 class TuningDatabase:
     def __init__(self, cache_dir: str | Path, target: Target) -> None:
         api = load()
         self.folder = Path(cache_dir) / f"tvm-{api.version}" / f"{target.arch}-{target.key()}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._db = api.ms.database.JSONDatabase(
-            path_workload=str(self.folder / "database_workload.json"),
-            path_tuning_record=str(self.folder / "database_tuning_record.json"),
+        try:
+            self._db = self._open(api)
+        except Exception as exc:  # noqa: BLE001 - TVM raises its own error types from C++
+            # A record that no longer replays on its workload (kernels changed under the same
+            # structural hash, or two processes appended at once) makes TVM refuse the whole
+            # file. Tuning is a cache: keep the old files aside and start an empty database.
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for name in DB_FILES:
+                path = self.folder / name
+                if path.exists():
+                    path.rename(path.with_name(f"{name}.unreadable-{stamp}"))
+            logger.warning("tuning database %s could not be read (%s); moved it aside (*.%s) "
+                           "and started an empty one", self.folder,
+                           (str(exc).strip().splitlines() or [type(exc).__name__])[-1],
+                           f"unreadable-{stamp}")
+            self._db = self._open(api)
+
+    def _open(self, api):  # noqa: ANN001, ANN202
+        return api.ms.database.JSONDatabase(
+            path_workload=str(self.folder / DB_FILES[0]),
+            path_tuning_record=str(self.folder / DB_FILES[1]),
             allow_missing=True,
         )
 
@@ -134,7 +156,7 @@ class TuningDatabase:
     def digest(self) -> str:
         """sha256 (16 hex) of the database files: which tuning a build was made with."""
         h = hashlib.sha256()
-        for name in ("database_workload.json", "database_tuning_record.json"):
+        for name in DB_FILES:
             path = self.folder / name
             if path.exists():
                 h.update(path.read_bytes())

@@ -90,3 +90,19 @@ def test_gemv_candidates_are_records_the_build_applies(tmp_path) -> None:  # noq
     assert time.perf_counter() - start < 2.0
     with torch.no_grad():
         np.testing.assert_allclose(_run(executable, x), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_an_unreadable_database_is_moved_aside_not_fatal(tmp_path, caplog) -> None:  # noqa: ANN001
+    """TVM refuses a whole database file over one bad record (seen: a record that no longer
+    replays on its workload after the kernels changed). Tuning is a cache: the build goes on."""
+    folder = TuningDatabase(tmp_path, Target.host()).folder
+    (folder / "database_workload.json").write_text('["not a workload"\n')
+    (folder / "database_tuning_record.json").write_text("{broken\n")
+    with caplog.at_level("WARNING", logger="compilers.tvm.tuning"):
+        db = TuningDatabase(tmp_path, Target.host())
+    assert "could not be read" in caplog.text and "moved it aside" in caplog.text
+    kept = sorted(p.name.split(".unreadable-")[0] for p in folder.glob("*.unreadable-*"))
+    assert kept == ["database_tuning_record.json", "database_workload.json"]
+    model, x = _mlp()
+    mod, tvm_target = _legalized(model, x)
+    assert set(db.schedule_sources(mod, tvm_target).values()) == {"default"}  # empty, usable
