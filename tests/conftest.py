@@ -18,6 +18,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_shared_tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Module- and session-scoped fixtures run before the per-test cache below: they too must
+    never read or write the user's shared tuning cache (~/.cache/taskpack/tuning)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TASKPACK_TUNING", str(tmp_path_factory.mktemp("tuning-session")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _own_tuning_cache(tmp_path_factory: pytest.TempPathFactory,
                       monkeypatch: pytest.MonkeyPatch) -> None:
