@@ -96,32 +96,35 @@ class TVMCompiler(Compiler):
         tvm_target = to_tvm_target(target)
         cross_compiler_path(target)  # fail early when an aarch64 target has no linker
         prepared = apply_transforms(module, transforms)
-        db = TuningDatabase(cache_dir, target)
-        # Tuned builds that run here measure each block-sparse layer's kernel schedule once per
-        # workload (recorded beside the database); others take the default schedule.
-        bsr_table = (BSRScheduleTable(db.folder, tvm_target)
-                     if tune_trials > 0 and target.runs_locally and target.kind == "host"
-                     else None)
-        if bsr_table is not None:
-            set_threads(threads)
-        mod = import_relax(prepared, example_input,
-                           bsr_table.choose if bsr_table is not None else None)
-        kernels = hand_kernels(mod)
-        start = time.perf_counter()
-        tuned = 0
-        schedules: dict[str, str] = {}
+        db = TuningDatabase(cache_dir, target)  # holds the database's lock until closed
         try:
-            if tune_trials > 0:
-                mod = db.legalize(mod, tvm_target)
-                tuned = db.tune(mod, tvm_target, tune_trials)
-                executable = db.apply(mod, tvm_target)
-                schedules = db.schedule_sources(mod, tvm_target)
-            else:
-                executable = api.tvm.compile(mod, target=tvm_target)
-        except (BuildFailed, TargetUnavailable):
-            raise
-        except Exception as exc:
-            raise BuildFailed(f"building for target {target.name!r} failed: {exc}") from exc
+            # Tuned builds that run here measure each block-sparse layer's kernel schedule once per
+            # workload (recorded beside the database); others take the default schedule.
+            bsr_table = (BSRScheduleTable(db.folder, tvm_target)
+                         if tune_trials > 0 and target.runs_locally and target.kind == "host"
+                         else None)
+            if bsr_table is not None:
+                set_threads(threads)
+            mod = import_relax(prepared, example_input,
+                               bsr_table.choose if bsr_table is not None else None)
+            kernels = hand_kernels(mod)
+            start = time.perf_counter()
+            tuned = 0
+            schedules: dict[str, str] = {}
+            try:
+                if tune_trials > 0:
+                    mod = db.legalize(mod, tvm_target)
+                    tuned = db.tune(mod, tvm_target, tune_trials)
+                    executable = db.apply(mod, tvm_target)
+                    schedules = db.schedule_sources(mod, tvm_target)
+                else:
+                    executable = api.tvm.compile(mod, target=tvm_target)
+            except (BuildFailed, TargetUnavailable):
+                raise
+            except Exception as exc:
+                raise BuildFailed(f"building for target {target.name!r} failed: {exc}") from exc
+        finally:
+            db.close()
         build_s = time.perf_counter() - start
         logger.info("built %s for %s in %.2fs (%d workloads tuned, %d threads)", key,
                     target.name, build_s, tuned, threads)

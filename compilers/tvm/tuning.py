@@ -13,9 +13,11 @@ build applies; :meth:`TuningDatabase.schedule_sources` says which won for each w
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -118,6 +120,30 @@ def _space(ms):  # noqa: ANN001, ANN202
 
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
+# folder -> [open lock file, handles open in this process]: the lock is taken once per process
+# (flock would make a second handle in the same process wait for the first forever)
+_HELD: dict[Path, list[Any]] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _acquire(folder: Path) -> None:
+    with _HELD_GUARD:
+        held = _HELD.get(folder)
+        if held is None:
+            f = open(folder / ".lock", "a+b")  # noqa: SIM115 - closed in _release
+            fcntl.flock(f, fcntl.LOCK_EX)
+            _HELD[folder] = held = [f, 0]
+        held[1] += 1
+
+
+def _release(folder: Path) -> None:
+    with _HELD_GUARD:
+        held = _HELD[folder]
+        held[1] -= 1
+        if held[1] == 0:
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            held[0].close()
+            del _HELD[folder]
 
 
 class TuningDatabase:
@@ -125,6 +151,11 @@ class TuningDatabase:
         api = load()
         self.folder = Path(cache_dir) / f"tvm-{api.version}" / f"{target.arch}-{target.key()}"
         self.folder.mkdir(parents=True, exist_ok=True)
+        # One process at a time: TVM's JSON database numbers workloads by their line, so two
+        # processes appending to one file at once point records at the wrong workloads (seen:
+        # two benchmark processes sharing the default cache made it unreadable).
+        self._closed = False
+        _acquire(self.folder.resolve())
         try:
             self._db = self._open(api)
         except Exception as exc:  # noqa: BLE001 - TVM raises its own error types from C++
@@ -141,6 +172,12 @@ class TuningDatabase:
                            (str(exc).strip().splitlines() or [type(exc).__name__])[-1],
                            f"unreadable-{stamp}")
             self._db = self._open(api)
+
+    def close(self) -> None:
+        """Release the database to other processes (a closed database is not used again)."""
+        if not self._closed:
+            self._closed = True
+            _release(self.folder.resolve())
 
     def _open(self, api):  # noqa: ANN001, ANN202
         return api.ms.database.JSONDatabase(

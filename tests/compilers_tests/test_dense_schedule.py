@@ -106,3 +106,26 @@ def test_an_unreadable_database_is_moved_aside_not_fatal(tmp_path, caplog) -> No
     model, x = _mlp()
     mod, tvm_target = _legalized(model, x)
     assert set(db.schedule_sources(mod, tvm_target).values()) == {"default"}  # empty, usable
+
+
+def test_one_process_at_a_time_holds_a_tuning_database(tmp_path) -> None:  # noqa: ANN001
+    """Two processes appending to one JSON database corrupt it (workloads are numbered by line),
+    so a database is locked while a process has it open; handles in one process share the lock."""
+    import subprocess
+    import sys
+
+    db = TuningDatabase(tmp_path, Target.host())
+    again = TuningDatabase(tmp_path, Target.host())  # same process: no wait
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a+b')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')")
+
+    def other_process_sees() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(db.folder / ".lock")],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert other_process_sees() == "held"
+    db.close()
+    assert other_process_sees() == "held"  # `again` still has it
+    again.close()
+    assert other_process_sees() == "free"

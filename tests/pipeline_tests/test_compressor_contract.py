@@ -67,6 +67,14 @@ class TestPlanCompressorOnSupSup(CompressorContract):
 
     method: ClassVar[dict] = {"kind": "supsup", "density": 0.3}
 
+    def make(self, recipe) -> Compressor:  # noqa: ANN001
+        return PlanCompressor()
+
+    def test_masks_only_reach_the_store(self, tmp_path) -> None:  # noqa: ANN001
+        s, ctx = self._session(tmp_path)
+        out = self.make(s.recipe).compress(s, ctx)
+        assert s.store.has_base and all(not r.own.any() for r in out.layers.values())
+
 
 class TestPlanCompressorCLNP(CompressorContract):  # "CLNP + TSN compression"
     method: ClassVar[dict] = {"kind": "clnp", "margin": 2.0, "threshold_step": 0.05,
@@ -75,11 +83,6 @@ class TestPlanCompressorCLNP(CompressorContract):  # "CLNP + TSN compression"
 
     def make(self, recipe) -> Compressor:  # noqa: ANN001
         return PlanCompressor()
-
-    def test_masks_only_reach_the_store(self, tmp_path) -> None:  # noqa: ANN001
-        s, ctx = self._session(tmp_path)
-        out = self.make(s.recipe).compress(s, ctx)
-        assert s.store.has_base and all(not r.own.any() for r in out.layers.values())
 
 
 class TestPlanCompressorNISPA(TestPlanCompressorCLNP):  # "NISPA + TSN compression"
