@@ -118,39 +118,42 @@ def mean_sd(values: list[float]) -> str:
 
 
 def examples_seen(r: RunResult) -> int | None:
-    """Training examples the run's trainer drew (what the plugins log), summed over tasks."""
-    seen = [rec.compression.get("train/examples_seen") for rec in r.tasks]
+    """Training examples the trainer drew (``train/examples_seen``), summed over tasks; None
+    for a run resumed past tasks whose training report is gone."""
+    seen = [rec.train.stats.get("examples_seen") if rec.train else None for rec in r.tasks]
     return None if any(v is None for v in seen) else int(sum(seen))  # type: ignore[arg-type]
 
 
-def print_table(table: str, rows: list[Row]) -> None:
-    comps = sorted({k.removeprefix("store/bytes_") for row in rows for r in row.runs
-                    for k in r.store_metrics if k.startswith("store/bytes_")} - {"total"})
-    print(f"\n## Table {table}\n")
-    head = ["stream", "method", "ACC (%)", "BWT", "FWT", "union density",
-            *[f"{c} (B)" for c in comps], "total (B)", "x dense fp32",
-            "latency b1 (ms)", "train s", "examples seen", "paper"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for row in rows:
-        rs = row.runs
-        first = rs[0].store_metrics
-        seen = [examples_seen(r) for r in rs]
-        cells = [
-            row.stream, row.method, mean_sd([r.acc for r in rs]),
-            mean_sd([r.bwt for r in rs]), mean_sd([r.matrix.fwt() for r in rs]),
-            f"{first.get('store/union_density', float('nan')):.3f}",
-            *[f"{int(first.get(f'store/bytes_{c}', 0)):,}" for c in comps],
-            f"{int(first['store/bytes_total']):,}", f"{first['store/ratio_to_dense_fp32']:.3f}",
-            "-" if row.latency_ms is None else f"{row.latency_ms:.4f}{row.latency_note}",
-            mean_sd([sum(t.train.seconds for t in r.tasks if t.train) for r in rs]),
-            "-" if None in seen else f"{int(statistics.mean(s for s in seen if s)):,}",
-            PAPER.get((table, row.method), "-"),
-        ]
-        print("| " + " | ".join(cells) + " |")
-    for row in rows:
-        if row.latency_ms is None and row.latency_note:
-            print(f"\n{row.method} on {row.stream}: no latency ({row.latency_note})")
+COMPONENTS = ("base", "codes", "masks", "codebooks", "tensors", "metadata")
+HEAD = ["stream", "method", "ACC (%)", "BWT", "FWT", "union density",
+        *[f"{c} (B)" for c in COMPONENTS], "total (B)", "x dense fp32", "latency b1 (ms)",
+        "train s", "examples seen", "paper"]
+
+
+def table_head(table: str) -> str:
+    return (f"\n## Table {table}\n\n| " + " | ".join(HEAD) + " |\n|" + "---|" * len(HEAD))
+
+
+def table_row(table: str, row: Row) -> str:
+    """One row, printed as soon as its seeds are done (a stopped run keeps what it measured)."""
+    rs = row.runs
+    first = rs[0].store_metrics
+    seen = [examples_seen(r) for r in rs]
+    cells = [
+        row.stream, row.method, mean_sd([r.acc for r in rs]),
+        mean_sd([r.bwt for r in rs]), mean_sd([r.matrix.fwt() for r in rs]),
+        f"{first.get('store/union_density', float('nan')):.3f}",
+        *[f"{int(first.get(f'store/bytes_{c}', 0)):,}" for c in COMPONENTS],
+        f"{int(first['store/bytes_total']):,}", f"{first['store/ratio_to_dense_fp32']:.3f}",
+        "-" if row.latency_ms is None else f"{row.latency_ms:.4f}{row.latency_note}",
+        mean_sd([sum(t.train.seconds for t in r.tasks if t.train) for r in rs]),
+        "-" if None in seen else f"{int(statistics.mean(s for s in seen if s)):,}",
+        PAPER.get((table, row.method), "-"),
+    ]
+    line = "| " + " | ".join(cells) + " |"
+    if row.latency_ms is None and row.latency_note:
+        line += f"\n(no latency for {row.method} on {row.stream}: {row.latency_note})"
+    return line
 
 
 def main() -> int:
@@ -184,7 +187,7 @@ def main() -> int:
         overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
     print(f"# machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; table {args.table}, seeds {seeds}")
-    rows = []
+    lines = [table_head(args.table)]
     for stream in args.streams or TABLES[args.table]["streams"]:
         for method in methods:
             row = Row(method, stream)
@@ -200,8 +203,9 @@ def main() -> int:
                       f"({r.wall_s:.0f} s)", flush=True)
             if not args.no_latency:
                 row.latency_ms, row.latency_note = task_latency(row.runs[0])
-            rows.append(row)
-    print_table(args.table, rows)
+            lines.append(table_row(args.table, row))
+            print(lines[-1], flush=True)
+    print("\n".join(lines))
     return 0
 
 
