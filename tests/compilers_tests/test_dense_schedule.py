@@ -90,12 +90,16 @@ def test_gemv_candidates_are_records_the_build_applies(tmp_path) -> None:  # noq
     assert time.perf_counter() - start < 2.0
     with torch.no_grad():
         np.testing.assert_allclose(_run(executable, x), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    db.close()
+    again.close()
 
 
 def test_an_unreadable_database_is_moved_aside_not_fatal(tmp_path, caplog) -> None:  # noqa: ANN001
     """TVM refuses a whole database file over one bad record (seen: a record that no longer
     replays on its workload after the kernels changed). Tuning is a cache: the build goes on."""
-    folder = TuningDatabase(tmp_path, Target.host()).folder
+    first = TuningDatabase(tmp_path, Target.host())
+    folder = first.folder
+    first.close()
     (folder / "database_workload.json").write_text('["not a workload"\n')
     (folder / "database_tuning_record.json").write_text("{broken\n")
     with caplog.at_level("WARNING", logger="compilers.tvm.tuning"):
@@ -106,6 +110,7 @@ def test_an_unreadable_database_is_moved_aside_not_fatal(tmp_path, caplog) -> No
     model, x = _mlp()
     mod, tvm_target = _legalized(model, x)
     assert set(db.schedule_sources(mod, tvm_target).values()) == {"default"}  # empty, usable
+    db.close()
 
 
 def test_one_process_at_a_time_holds_a_tuning_database(tmp_path) -> None:  # noqa: ANN001
