@@ -174,3 +174,17 @@ class Method(ABC):
     def infer_task(self, x: torch.Tensor, store: PackedStore) -> torch.Tensor:
         """The task id of each input, for evaluation without a task id."""
         raise NotImplementedError(f"method {self.cfg.kind!r} cannot infer the task of an input")
+
+
+def masked_snapshot(model: ContinualNet, masks: list[dict[str, torch.Tensor]],
+                    task: int) -> dict[str, torch.Tensor]:
+    """Task ``task``'s live tensors: each masked layer's weight times the task's mask, plus the
+    task's own head and norms (``masks``: one mask per layer for every ended task)."""
+    if not 0 <= task < len(masks):
+        raise IndexError(f"task {task} has not ended; {len(masks)} task(s) have")
+    out = {f"{n}.weight": (layer.weight.detach() * masks[task][n]).clone()
+           for n, layer in model.masked_layers().items()}
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    for name in model.task_param_names(task):
+        out[name] = state[name].detach().clone()
+    return out

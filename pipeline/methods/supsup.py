@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import StoreError
-from pipeline.methods._base import MaskMode, Method, Phase, TaskMasks
+from pipeline.methods._base import MaskMode, Method, Phase, TaskMasks, masked_snapshot
 from pipeline.methods._registry import register_method
 from pipeline.models import ContinualNet, topc_mask
 from pipeline.recipe import Recipe, SupSupMethod
@@ -118,14 +118,7 @@ class SupSup(Method):
 
     def snapshot(self, task: int) -> dict[str, torch.Tensor]:
         """The live view of an ended task (tests and debugging; runs evaluate from the store)."""
-        if not 0 <= task < len(self.masks):
-            raise IndexError(f"task {task} has not ended; {len(self.masks)} task(s) have")
-        out = {f"{n}.weight": (layer.weight.detach() * self.masks[task][n]).clone()
-               for n, layer in self.model.masked_layers().items()}
-        state = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
-        for name in self.model.task_param_names(task):
-            out[name] = state[name].detach().clone()
-        return out
+        return masked_snapshot(self.model, self.masks, task)
 
 
 register_method("supsup", SupSupMethod, SupSup)
