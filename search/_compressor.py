@@ -118,14 +118,17 @@ class SearchCompressor(Compressor):
 
         s, recipe, t = session, session.recipe, ctx.index
         if s.method.compression() is None:
-            raise RecipeError("search.enabled needs a method whose tasks are compressed "
-                              f"(e.g. method.kind: tsn), got {recipe.method.kind!r}")
+            raise RecipeError(f"search.enabled: method {recipe.method.kind!r} commits its "
+                              "tasks as trained (its compression() is None), so there is no "
+                              "plan to search")
         cfg = recipe.search
-        trained = trained_layers(s.model, ctx.masks)
+        trained = trained_layers(s.method, t, ctx.masks)
         cctx = CompressContext(s.model, t, task_tensors(s.model, t), ctx.task,
                                recipe.train.eval_batch_size)
         reference = cctx.accuracy(trained)
-        space = resolve_space(cfg.space, list(trained))
+        # a method whose tasks hold no own values (masks only) has no bits to choose
+        space = resolve_space(cfg.space, list(trained),
+                              bits=None if recipe.method.stores_own_values else (32,))
         narrow = sorted({b for sp in space.values() for b in sp.bits if b < 32})
         problem = TaskProblem(
             cctx, trained, s.store, layers_on_held_positions(trained, s.store.union_mask()),

@@ -100,8 +100,7 @@ class TaskProblem:
     def apply(self, plans: dict[str, LayerPlan]) -> tuple[dict[str, LayerResult],
                                                           dict[str, torch.Tensor], float]:
         """The task compressed by ``plans``: (layers, task tensors, validation accuracy)."""
-        layers = {n: LayerResult(r.mask.clone(), r.own.clone(), r.values.clone(),
-                                 own_before=r.own_before) for n, r in self.trained.items()}
+        layers = {n: r.clone() for n, r in self.trained.items()}
         ctx = copy.copy(self.ctx)
         ctx.task_tensors = {k: v.clone() for k, v in self.ctx.task_tensors.items()}
         prune(ctx, layers, plans, delta=math.inf, steps=len(plans), step_fraction=1.0,

@@ -25,7 +25,10 @@ class LayerSpace:
     bits: tuple[int, ...]
 
 
-def resolve_space(rules: list[SearchSpaceRule], layers: list[str]) -> dict[str, LayerSpace]:
+def resolve_space(rules: list[SearchSpaceRule], layers: list[str],
+                  bits: tuple[int, ...] | None = None) -> dict[str, LayerSpace]:
+    """Each layer's space from the first rule that matches it; ``bits`` replaces every rule's
+    bit-widths (e.g. ``(32,)`` for a method whose tasks hold no own values to quantize)."""
     out: dict[str, LayerSpace] = {}
     for name in layers:
         rule = next((r for r in rules if r.match == name), None) or next(
@@ -35,7 +38,7 @@ def resolve_space(rules: list[SearchSpaceRule], layers: list[str]) -> dict[str, 
                               f"match: '.*' or match: {name!r}")
         patterns = tuple(LayerPlan(pattern=p).pattern for p in rule.patterns)
         out[name] = LayerSpace(name, rule.sparsity, rule.sparsity_step, patterns,
-                               tuple(sorted(set(rule.bits))))
+                               tuple(sorted(set(rule.bits if bits is None else bits))))
     return out
 
 

@@ -47,7 +47,8 @@ def group_ids(shape: tuple[int, ...], pattern: Pattern,
 
 def prune_step(weight: torch.Tensor, mask: torch.Tensor, own: torch.Tensor, pattern: Pattern,
                fraction: float) -> torch.Tensor:
-    """A smaller mask: removes lowest-norm groups holding >= ``fraction`` of the own weights.
+    """A smaller mask: removes lowest-norm groups holding >= ``fraction`` of the ``own``
+    (prunable) positions; ``weight`` ranks them (the task's values, or any importance score).
 
     For ``n:m`` the fraction is ignored: every group keeps its ``n`` largest own weights.
     Returns the new mask; the new own set is ``own & new_mask``.

@@ -23,7 +23,7 @@ class PlanCompressor(Compressor):
     name = "plan"
 
     def compress(self, session: Session, ctx: TaskContext) -> Compressed:
-        layers = trained_layers(session.model, ctx.masks)
+        layers = trained_layers(session.method, ctx.index, ctx.masks)
         passes = session.method.compression()
         if passes is None:
             return Compressed(layers)

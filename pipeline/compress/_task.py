@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.compress._tsn import LayerResult
-from pipeline.methods import TaskMasks
+from pipeline.methods import Method, TaskMasks
 from pipeline.models import ContinualNet
 from pipeline.store import LayerCommit, TaskCommit
 
@@ -43,11 +43,18 @@ def load_task_tensors(model: ContinualNet, tensors: dict[str, torch.Tensor]) -> 
             state[k].copy_(v)
 
 
-def trained_layers(model: ContinualNet, masks: TaskMasks) -> dict[str, LayerResult]:
-    """The task right after training: its masks and the live fp32 weights, per layer."""
-    return {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
-                           m.weight.detach().clone(), own_before=int(masks.own[n].sum()))
-            for n, m in model.masked_layers().items()}
+def trained_layers(method: Method, task: int, masks: TaskMasks) -> dict[str, LayerResult]:
+    """The task right after training: its masks and the live fp32 weights, per layer, with what
+    the method lets pruning remove (``Method.prune_scope``)."""
+    prunable, rank = method.prune_scope(task, masks)
+    out = {}
+    for n, m in method.model.masked_layers().items():
+        scope = prunable[n] & masks.mask[n]
+        out[n] = LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
+                             m.weight.detach().clone(), prunable_before=int(scope.sum()),
+                             prunable=None if prunable is masks.own else scope.clone(),
+                             rank=None if rank is None else rank[n].detach().clone())
+    return out
 
 
 def layers_on_held_positions(layers: dict[str, LayerResult],

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +36,41 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LayerResult:
+    """One layer of a task between training and commit.
+
+    ``prunable``: the positions of ``mask`` pruning may remove (None: ``own``); ``rank`` orders
+    them, lowest first (None: ``|values|``); ``prunable_before``: how many were prunable right
+    after training, which a plan's sparsity is a fraction of.
+    """
+
     mask: torch.Tensor
     own: torch.Tensor
     values: torch.Tensor  # dense layer tensor; own positions hold the (quantized) own values
     bits: int = 32
     codebook: torch.Tensor | None = None
-    own_before: int = 0
+    prunable_before: int = 0
+    prunable: torch.Tensor | None = None
+    rank: torch.Tensor | None = None
+
+    def removable(self) -> torch.Tensor:
+        """The positions pruning may still remove."""
+        return self.own if self.prunable is None else self.prunable
+
+    def pruned_fraction(self) -> float:
+        return 1 - int(self.removable().sum()) / max(self.prunable_before, 1)
+
+    def clone(self) -> LayerResult:
+        def c(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.clone()
+
+        return replace(self, mask=self.mask.clone(), own=self.own.clone(),
+                       values=self.values.clone(), codebook=c(self.codebook),
+                       prunable=c(self.prunable), rank=c(self.rank))
+
+    def keep(self, mask: torch.Tensor) -> LayerResult:
+        """This layer with its mask cut down to ``mask`` (own and prunable shrink with it)."""
+        return replace(self, mask=mask, own=self.own & mask,
+                       prunable=None if self.prunable is None else self.prunable & mask)
 
 
 def layer_snapshot(layers: dict[str, LayerResult],
@@ -79,7 +108,8 @@ def prune(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[str,
     once instead).
     """
     a0 = ctx.accuracy(layers) if gated else math.inf
-    active = [n for n, p in plans.items() if p.sparsity > 0 and int(layers[n].own.sum()) > 0]
+    active = [n for n, p in plans.items()
+              if p.sparsity > 0 and int(layers[n].removable().sum()) > 0]
     i = 0
     with bars.bar(f"task {ctx.task} pruning", steps) as bar:
         for _ in range(steps):
@@ -88,17 +118,18 @@ def prune(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[str,
             name = active[i % len(active)]
             r, plan = layers[name], plans[name]
             pattern = Pattern.parse(plan.pattern)
-            removed = 1 - int(r.own.sum()) / max(r.own_before, 1)
-            # remaining own fraction to remove to reach the plan's sparsity, capped per step
+            removed = r.pruned_fraction()
+            # remaining prunable fraction to remove to reach the plan's sparsity, capped per step
             want = (plan.sparsity - removed) / max(1 - removed, 1e-12)
             frac = min(step_fraction, want)
-            cand = prune_step(r.values, r.mask, r.own, pattern, frac)
-            trial = {**layers, name: LayerResult(cand, r.own & cand, r.values, own_before=0)}
+            cand = prune_step(r.values if r.rank is None else r.rank, r.mask, r.removable(),
+                              pattern, frac)
+            trial = {**layers, name: r.keep(cand)}
             acc = ctx.accuracy(trial) if gated else math.nan
             accepted = not gated or a0 - acc <= delta
             if accepted:
-                r.mask, r.own = cand, r.own & cand
-            done = 1 - int(r.own.sum()) / max(r.own_before, 1) >= plan.sparsity - 1e-9
+                r = layers[name] = trial[name]
+            done = r.pruned_fraction() >= plan.sparsity - 1e-9
             if not accepted or done or pattern.kind == "nm":
                 active.remove(name)
             else:
@@ -187,8 +218,8 @@ def quantize(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[s
 def summarize(layers: dict[str, LayerResult]) -> dict[str, float]:
     stats: dict[str, float] = {}
     for n, r in layers.items():
-        own = int(r.own.sum())
-        stats[f"{n}.own_sparsity"] = 1 - own / r.own_before if r.own_before else math.nan
+        # the fraction of the prunable positions (own, or a mask-only task's mask) removed
+        stats[f"{n}.pruned"] = r.pruned_fraction() if r.prunable_before else math.nan
         stats[f"{n}.bits"] = r.bits
         stats[f"{n}.density"] = float(r.mask.float().mean())
     return stats

@@ -156,8 +156,17 @@ class Method(ABC):
         """Fix the task's subnetwork once training is over (best state already restored)."""
 
     def compression(self) -> CompressionPasses | None:
-        """The passes that compress this method's tasks; None = commit as trained."""
-        return None
+        """The passes that compress this method's tasks (the method section's ``prune`` and
+        ``quantize``, driven by the recipe's plan or the search); None = commit as trained."""
+        return CompressionPasses(self.cfg.prune, self.cfg.quantize)
+
+    def prune_scope(self, task: int, masks: TaskMasks) -> tuple[dict[str, torch.Tensor],
+                                                                 dict[str, torch.Tensor] | None]:
+        """Which positions of the ended ``task``'s mask pruning may remove, and what ranks them
+        (lowest first; None = the weights' magnitude). Default: the task's own positions, since
+        a shared position holds an earlier task's value the task was trained with. A method
+        whose tasks only mask a fixed backbone can give the whole mask (SupSup)."""
+        return masks.own, None
 
     def after_commit(self, task: int, store: PackedStore) -> None:  # noqa: B027
         """``task`` is in the store: align the live model with what the store holds. Also

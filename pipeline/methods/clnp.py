@@ -38,7 +38,7 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate_snapshot
-from pipeline.methods._base import CompressionPasses, MaskMode, Method, Phase, TaskMasks
+from pipeline.methods._base import MaskMode, Method, Phase, TaskMasks
 from pipeline.methods._registry import register_method
 from pipeline.methods._units import (
     check_unit_model,
@@ -88,9 +88,6 @@ class CLNP(Method):
     def _gen(self, task: int) -> torch.Generator:
         seed = self.recipe.train.seed if self.recipe is not None else 0
         return torch.Generator().manual_seed(seed * 1_000_003 + 104_729 + task)
-
-    def compression(self) -> CompressionPasses:
-        return CompressionPasses(self.cfg.prune, self.cfg.quantize)
 
     def setup(self) -> None:
         """Start from the initialisation every later free unit gets (Kaiming normal, fan-out)."""

@@ -43,7 +43,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate_live
-from pipeline.methods._base import CompressionPasses, MaskMode, Method, Phase, TaskMasks
+from pipeline.methods._base import MaskMode, Method, Phase, TaskMasks
 from pipeline.methods._registry import register_method
 from pipeline.methods._units import (
     check_unit_model,
@@ -121,9 +121,6 @@ class NISPA(Method):
     def _gen(self, task: int, salt: int) -> torch.Generator:
         seed = self.recipe.train.seed if self.recipe is not None else 0
         return torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * salt + task + 1)
-
-    def compression(self) -> CompressionPasses:
-        return CompressionPasses(self.cfg.prune, self.cfg.quantize)
 
     def setup(self) -> None:
         """Random connectivity of exactly ``budget`` links per layer, Kaiming-normal values."""

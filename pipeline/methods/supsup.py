@@ -14,8 +14,12 @@ Deviations from the paper: a dense head per task instead of one masked classifie
 tasks; one density for every layer (SupSup's per-layer ``min(0.5, s (c_in + c_out) / (c_in c_out
 k_h k_w))`` is not offered) and no threshold (score >= 0) mask; per-task BN, when used, is the
 model's affine per-task BN rather than SupSup's non-affine one; taskpack's plateau lr schedule
-instead of a fixed number of iterations or cosine; task inference without a task id (One-Shot,
-Binary) is not part of this method.
+instead of a fixed number of iterations or cosine. Task inference without a task id (One-Shot,
+Binary) is not in this class: ``pipeline.task_inference`` runs it for every method.
+
+Compression: the recipe's plan or the search prunes a task's mask (whole groups of the plan's
+pattern, lowest |score| first), so a block pattern gives a mask the block-sparse kernels run;
+quantization has nothing to do (no own values).
 """
 
 from __future__ import annotations
@@ -109,6 +113,13 @@ class SupSup(Method):
         # every position the task reads is the base's: shared, none own
         return TaskMasks(mask, {n: torch.zeros_like(m) for n, m in mask.items()},
                          {n: m.clone() for n, m in mask.items()})
+
+    def prune_scope(self, task: int, masks: TaskMasks) -> tuple[dict[str, torch.Tensor],
+                                                                 dict[str, torch.Tensor] | None]:
+        """Every position of the mask may go (it reads the base, which no task changes), the
+        lowest |score| first: the order in which top-c would have dropped them."""
+        return masks.mask, {n: m.score.detach().abs() for n, m in
+                            self.model.masked_layers().items()}
 
     def after_commit(self, task: int, store: PackedStore) -> None:
         self._load_base(store)

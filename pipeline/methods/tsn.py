@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.methods._base import CompressionPasses, TaskMasks
+from pipeline.methods._base import TaskMasks
 from pipeline.methods._registry import register_method
 from pipeline.methods.wsn import WSN
 from pipeline.models import ContinualNet, topc_mask
@@ -29,9 +29,6 @@ class TSN(WSN):
         self.stored = {n: torch.zeros_like(m.weight) for n, m in model.masked_layers().items()}
         self.splittable = {n: torch.zeros_like(m, dtype=torch.bool)
                            for n, m in self.consolidated.items()}
-
-    def compression(self) -> CompressionPasses:
-        return CompressionPasses(self.cfg.prune, self.cfg.quantize)
 
     def load_store_state(self, held: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
                          used_bits: dict[str, torch.Tensor] | None = None) -> None:

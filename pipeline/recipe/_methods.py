@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.recipe._kinds import KindRegistry
 from pipeline.recipe._section import BITS, _Section
@@ -20,15 +20,51 @@ __all__ = ["CLNPMethod", "ExSSNeTMethod", "MethodConfig", "MethodField", "NISPAM
            "register_method_config"]
 
 
+class PruneConfig(_Section):
+    """TSN fine-tuned pruning (docs/methods.md); targets come from the compression plan."""
+
+    delta: float = Field(default=0.2, ge=0, le=100,
+                         description="max validation accuracy drop, points")
+    steps: int = Field(default=20, ge=0, le=10_000,
+                       description="pruning steps, round-robin over layers")
+    step_fraction: float = Field(default=0.2, gt=0, le=1,
+                                 description="fraction of a layer's own weights one step removes")
+    finetune_epochs: int = Field(default=1, ge=0, le=10_000,
+                                 description="retrain surviving own weights after pruning")
+
+
+class QuantizeConfig(_Section):
+    """TSN adaptive non-linear quantization of own weights (docs/methods.md)."""
+
+    bits: list[int] = Field(default=[2, 3, 4, 6, 8], min_length=1, max_length=len(BITS),
+                            description="candidate bit-widths, tried in ascending order")
+    delta: float = Field(default=0.2, ge=0, le=100,
+                         description="max validation accuracy drop, points")
+    adaptive: bool = Field(default=True, description="False: use the plan's bits as given")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_ok(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if b not in BITS or b == 32]
+        if bad:
+            raise ValueError(f"must be taken from {list(BITS[:-1])}, got {bad}")
+        return sorted(set(v))
+
+
 class MethodConfig(_Section):
     """Base of every ``method`` section; ``kind`` picks the registered method.
 
-    ``compresses_own_weights`` says whether the method's tasks go through the compression passes
-    (pruning, quantization) and so can be searched; methods that commit as trained say False.
+    Every method's tasks go through the compression passes (``prune``, ``quantize``) with the
+    recipe's ``compression`` plan or the search's; the defaults leave a task as trained unless
+    the plan asks for sparsity or bits. ``stores_own_values`` says whether a task commits own
+    values at all (False for a method whose tasks only mask a fixed backbone: then pruning
+    removes positions from the mask, and quantization and the search's bits do not apply).
     """
 
-    compresses_own_weights: ClassVar[bool] = False
+    stores_own_values: ClassVar[bool] = True
     kind: str
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig(adaptive=False)
 
 
 METHODS: KindRegistry[MethodConfig] = KindRegistry("method", MethodConfig, default="wsn")
@@ -76,48 +112,15 @@ class WSNMethod(MethodConfig):
     rigl: RigLConfig = RigLConfig()
 
 
-class PruneConfig(_Section):
-    """TSN fine-tuned pruning (docs/methods.md); targets come from the compression plan."""
-
-    delta: float = Field(default=0.2, ge=0, le=100,
-                         description="max validation accuracy drop, points")
-    steps: int = Field(default=20, ge=0, le=10_000,
-                       description="pruning steps, round-robin over layers")
-    step_fraction: float = Field(default=0.2, gt=0, le=1,
-                                 description="fraction of a layer's own weights one step removes")
-    finetune_epochs: int = Field(default=1, ge=0, le=10_000,
-                                 description="retrain surviving own weights after pruning")
-
-
-class QuantizeConfig(_Section):
-    """TSN adaptive non-linear quantization of own weights (docs/methods.md)."""
-
-    bits: list[int] = Field(default=[2, 3, 4, 6, 8], min_length=1, max_length=len(BITS),
-                            description="candidate bit-widths, tried in ascending order")
-    delta: float = Field(default=0.2, ge=0, le=100,
-                         description="max validation accuracy drop, points")
-    adaptive: bool = Field(default=True, description="False: use the plan's bits as given")
-
-    @field_validator("bits")
-    @classmethod
-    def _bits_ok(cls, v: list[int]) -> list[int]:
-        bad = [b for b in v if b not in BITS or b == 32]
-        if bad:
-            raise ValueError(f"must be taken from {list(BITS[:-1])}, got {bad}")
-        return sorted(set(v))
-
-
 class TSNMethod(MethodConfig):
     """TinySubNets: WSN training, then pruning and adaptive quantization of the task's own
     weights, committed into the packed store; ``split`` lets a task put its own code in the free
     bits of a position an earlier task holds."""
 
-    compresses_own_weights: ClassVar[bool] = True
     kind: Literal["tsn"] = "tsn"
     density: float = Field(default=0.5, gt=0, le=1, description="c: fraction of weights kept")
     policy: Literal["reuse_only", "split"] = "split"
-    prune: PruneConfig = PruneConfig()
-    quantize: QuantizeConfig = QuantizeConfig()
+    quantize: QuantizeConfig = QuantizeConfig()  # adaptive: TSN's own quantization
     mask: MaskKind = Field(default="topk", description=_MASK_HELP)
     rigl: RigLConfig = RigLConfig()
 
@@ -189,7 +192,6 @@ class CLNPMethod(MethodConfig):
     passes (``prune``, ``quantize``) compress the task's own links afterwards; by default they
     leave them as trained (the plan's bits: 32, ``quantize.adaptive: false``)."""
 
-    compresses_own_weights: ClassVar[bool] = True
     kind: Literal["clnp"] = "clnp"
     l1: float = Field(default=1e-4, ge=0, le=10,
                       description="alpha: weight of the L1 penalty (0 turns it off)")
@@ -205,8 +207,6 @@ class CLNPMethod(MethodConfig):
                                   description="Delta: the activation threshold's step")
     max_thresholds: int = Field(default=500, ge=1, le=100_000,
                                 description="at most this many thresholds tried per task")
-    prune: PruneConfig = PruneConfig()
-    quantize: QuantizeConfig = QuantizeConfig(adaptive=False)
 
 
 class NISPAMethod(MethodConfig):
@@ -216,7 +216,6 @@ class NISPAMethod(MethodConfig):
     ``margin``. The TSN passes compress the task's own links afterwards (off by default, as
     CLNP)."""
 
-    compresses_own_weights: ClassVar[bool] = True
     kind: Literal["nispa"] = "nispa"
     density: float = Field(default=0.2, gt=0, le=1,
                            description="fraction of each layer's links present (fixed)")
@@ -228,8 +227,6 @@ class NISPAMethod(MethodConfig):
     margin: float = Field(
         default=0.75, ge=0, le=100,
         description="a_f, points: stop when validation accuracy < best - a_f (from phase 3)")
-    prune: PruneConfig = PruneConfig()
-    quantize: QuantizeConfig = QuantizeConfig(adaptive=False)
 
 
 register_method_config("wsn", WSNMethod)
@@ -241,14 +238,24 @@ register_method_config("exssnet", ExSSNeTMethod)
 class SupSupMethod(MethodConfig):
     """SupSup: a fixed random backbone of signed constants, never trained and stored once (the
     store's ``base``); per task only scores are learned, and the task is its top-c mask over
-    that backbone plus its head (and per-task BN when the model has it)."""
+    that backbone plus its head (and per-task BN when the model has it). ``prune`` (with the
+    ``compression`` plan or the search) removes positions from a task's mask, lowest scores
+    first; there are no own values to quantize."""
 
+    stores_own_values: ClassVar[bool] = False
     kind: Literal["supsup"] = "supsup"
     density: float = Field(default=0.1, gt=0, le=1,
                            description="fraction of each layer's weights in a task's mask")
     optimizer: Literal["adam", "rmsprop"] = Field(
         default="rmsprop", description="optimizer of the scores and the head (SupSup: RMSProp "
         "for the MNIST streams, Adam for Split CIFAR-100); its lr is train.lr")
+
+    @model_validator(mode="after")
+    def _no_quantize(self) -> SupSupMethod:
+        if self.quantize != MethodConfig.model_fields["quantize"].default:
+            raise ValueError("supsup tasks store no own values (only masks over the fixed "
+                             "backbone), so method.quantize does not apply; remove it")
+        return self
 
 
 register_method_config("supsup", SupSupMethod)

@@ -330,7 +330,4 @@ class Recipe(_Section):
             raise ValueError("model.norm 'stateless' normalizes with batch statistics (one "
                              "image has none): `search.latency_batch >= 2` must hold, got "
                              f"{self.search.latency_batch}")
-        if self.search.enabled and not self.method.compresses_own_weights:
-            raise ValueError("search.enabled needs a method whose tasks are compressed "
-                             f"(e.g. method.kind: tsn), got {self.method.kind!r}")
         return self

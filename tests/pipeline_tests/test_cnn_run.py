@@ -128,7 +128,7 @@ def test_tsn_split_cnn_never_changes_an_earlier_task(tmp_path: Path, arch: str, 
         own = {layer.name: layer.own for layer in report.tasks[t].layers}
         for name in store.layers:  # delta 100: the plan is met, the narrowest width taken
             want = 0.25 if name in channel else 0.5
-            assert stats[f"{name}.own_sparsity"] >= want - 1e-9, (t, name)
+            assert stats[f"{name}.pruned"] >= want - 1e-9, (t, name)
             assert stats[f"{name}.bits"] == (4 if own[name] else 32), (t, name)
         masks = store.task_masks(t)
         for name in channel:  # channel pruning empties whole filters of the task's mask

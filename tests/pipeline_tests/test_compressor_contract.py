@@ -55,17 +55,29 @@ class TestPlanCompressor(CompressorContract):
     def test_a_method_without_passes_commits_as_trained(self, tmp_path) -> None:  # noqa: ANN001
         self.method = {"kind": "wsn", "density": 0.5}
         s, ctx = self._session(tmp_path)
+        s.method.compression = lambda: None  # type: ignore[method-assign]
         out = PlanCompressor().compress(s, ctx)
         assert out.stats == {}
         for name, m in s.model.masked_layers().items():
             assert out.layers[name].bits == 32
             assert torch.equal(out.layers[name].values, m.weight.detach())
 
+    def test_the_default_plan_leaves_a_task_as_trained(self, tmp_path) -> None:  # noqa: ANN001
+        s, ctx = trained_tiny_session(
+            recipe_from_dict({"name": "c", "method": {"kind": "wsn", "density": 0.5},
+                              "output_dir": str(tmp_path)}), tmp_path / "s.tpk", tmp_path)
+        out = PlanCompressor().compress(s, ctx)
+        for name, m in s.model.masked_layers().items():
+            r = out.layers[name]
+            assert r.bits == 32 and torch.equal(r.mask, ctx.masks.mask[name])
+            assert torch.equal(r.values, m.weight.detach())
+
 
 class TestPlanCompressorOnSupSup(CompressorContract):
     """A method whose tasks only mask the store's base: nothing own to compress, all shared."""
 
-    method: ClassVar[dict] = {"kind": "supsup", "density": 0.3}
+    method: ClassVar[dict] = {"kind": "supsup", "density": 0.3,  # every pruning step accepted
+                              "prune": {"delta": 100.0, "step_fraction": 0.5}}
 
     def make(self, recipe) -> Compressor:  # noqa: ANN001
         return PlanCompressor()
@@ -74,6 +86,31 @@ class TestPlanCompressorOnSupSup(CompressorContract):
         s, ctx = self._session(tmp_path)
         out = self.make(s.recipe).compress(s, ctx)
         assert s.store.has_base and all(not r.own.any() for r in out.layers.values())
+
+    def test_the_plan_prunes_the_mask_lowest_scores_first(self, tmp_path) -> None:  # noqa: ANN001
+        s, ctx = self._session(tmp_path)  # the plan: sparsity 0.5, unstructured
+        out = self.make(s.recipe).compress(s, ctx)
+        for name, m in s.model.masked_layers().items():
+            before, after = ctx.masks.mask[name], out.layers[name].mask
+            assert int(after.sum()) <= int(before.sum()) - int(0.5 * int(before.sum()))
+            score = m.score.detach().abs()
+            # every removed position scores no higher than every kept one
+            assert float(score[before & ~after].max()) <= float(score[after].min())
+            assert out.stats[f"{name}.pruned"] == 1 - int(after.sum()) / int(before.sum())
+
+
+class TestPlanCompressorPackNet(CompressorContract):  # "PackNet + TSN compression"
+    method: ClassVar[dict] = {"kind": "packnet", "prune_fraction": 0.3, "retrain_epochs": 1,
+                              "prune": {"steps": 2}, "quantize": {"bits": [4, 8]}}
+
+    def make(self, recipe) -> Compressor:  # noqa: ANN001
+        return PlanCompressor()
+
+
+class TestPlanCompressorExSSNeT(TestPlanCompressorPackNet):  # "ExSSNeT + TSN compression"
+    method: ClassVar[dict] = {"kind": "exssnet", "density": 0.3, "mask_epochs": 1,
+                              "weight_epochs": 1, "prune": {"steps": 2},
+                              "quantize": {"bits": [4, 8]}}
 
 
 class TestPlanCompressorCLNP(CompressorContract):  # "CLNP + TSN compression"

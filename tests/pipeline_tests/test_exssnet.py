@@ -37,7 +37,7 @@ def _learn(method: ExSSNeT, t: int, cfg: TrainConfig = CFG) -> TaskMasks:
 
 
 def _commit(store: PackedStore, method: ExSSNeT, t: int, masks: TaskMasks) -> None:
-    layers = trained_layers(method.model, masks)
+    layers = trained_layers(method, t, masks)
     store.commit(TaskCommit(t, {n: LayerCommit(r.mask, r.own, 32, r.values)
                                 for n, r in layers.items()},
                             task_tensors(method.model, t), {"num_classes": 3}))

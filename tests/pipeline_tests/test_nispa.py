@@ -175,7 +175,7 @@ def test_the_schedule_stops_once_p_falls_to_min_p() -> None:
 def test_links_the_compression_pruned_regrow_into_plastic_units(tmp_path) -> None:  # noqa: ANN001
     method = _method()
     masks = _learn(method, 0)
-    layers = trained_layers(method.model, masks)
+    layers = trained_layers(method, 0, masks)
     gen = torch.Generator().manual_seed(0)
     for r in layers.values():  # prune half of the task's own links, as a compression would
         drop = r.own & (torch.rand(r.own.shape, generator=gen) < 0.5)

@@ -36,7 +36,7 @@ def _learn_and_commit(method: SupSup, store: PackedStore, t: int) -> None:
     method.begin_task(t, store, task)
     train_task(method, t, task, CFG)
     masks = method.end_task(t)
-    store.commit(host_commit(t, {n: r for n, r in trained_layers(method.model, masks).items()},
+    store.commit(host_commit(t, {n: r for n, r in trained_layers(method, t, masks).items()},
                              task_tensors(method.model, t), {"num_classes": 3}))
     method.after_commit(t, store)
 
@@ -155,14 +155,12 @@ def test_a_store_with_tasks_and_no_base_is_refused(tmp_path: Path) -> None:
         method.begin_task(1, store)
 
 
-def test_search_is_refused_with_one_clear_line() -> None:
+def test_quantize_is_refused_with_one_clear_line() -> None:
     from pipeline.errors import RecipeError
     from pipeline.recipe import recipe_from_dict
 
-    with pytest.raises(RecipeError, match="search.enabled needs a method whose tasks are "
-                       "compressed .* got 'supsup'"):
-        recipe_from_dict({"name": "s", "method": {"kind": "supsup"},
-                          "search": {"enabled": True}})
+    with pytest.raises(RecipeError, match="supsup tasks store no own values"):
+        recipe_from_dict({"name": "s", "method": {"kind": "supsup", "quantize": {"bits": [4]}}})
 
 
 @pytest.mark.slow
@@ -182,7 +180,7 @@ def test_run_inspect_and_export_a_supsup_store(tmp_path: Path,
         "name": "supsup-export", "output_dir": str(tmp_path / "runs"),
         "method": {"kind": "supsup", "density": 0.3, "optimizer": "adam"},
         "benchmark": {"stream": "permuted_mnist", "tasks": 2, "train_limit": 600,
-                      "test_limit": 200, "val_fraction": 0.2},
+                      "test_limit": 200, "val_fraction": 0.01},
         "model": {"arch": "mlp", "hidden": [32, 32], "head_bias": False},
         "train": {"epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 100},
         "targets": [{"name": "host", "backend": "tvm"}], "tracking": {"enabled": False}})
@@ -207,3 +205,56 @@ def test_run_inspect_and_export_a_supsup_store(tmp_path: Path,
         ref = snapshot_logits(model, committed_snapshot(store, t), t, x, 1)
         got = bundle.run(x)
         assert (got - ref).abs().max() / ref.abs().max() < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_search_prunes_the_masks_in_blocks_and_export_runs_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SupSup + search with real TVM latency: per task the search picks how much of each layer's
+    mask to drop in 4x1 blocks; the committed mask is the chosen plan (no own codes), every task
+    stays bit-identical (BWT 0) and the exported bundle runs the masked backbone."""
+    from compilers import load_bundle
+    from pipeline.cli import main
+    from pipeline.export import export_tasks
+    from pipeline.models import topc_mask
+    from pipeline.recipe import recipe_from_dict
+    from pipeline.runner import run_recipe
+    from search import SearchCompressor
+
+    recipe = recipe_from_dict({
+        "name": "supsup-search", "output_dir": str(tmp_path / "runs"),
+        "method": {"kind": "supsup", "density": 0.5, "optimizer": "adam"},
+        "benchmark": {"stream": "permuted_mnist", "tasks": 2, "train_limit": 600,
+                      "test_limit": 200, "val_fraction": 0.01},
+        "model": {"arch": "mlp", "hidden": [64, 64], "head_bias": False},
+        "train": {"epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 100},
+        "search": {"enabled": True, "trials": 3, "sampler": "random",
+                   "space": [{"match": ".*", "sparsity": [0.0, 0.6], "sparsity_step": 0.6,
+                              "patterns": ["block(4,1)"]}],
+                   "constraints": {"max_acc_drop": None},
+                   "selection": {"policy": "min_latency_within_acc_drop", "value": 100.0}},
+        "targets": [{"name": "host", "backend": "tvm"}], "tracking": {"enabled": False}})
+    result = run_recipe(recipe, compressor=SearchCompressor(recipe))
+    assert result.bwt == 0.0
+    store = PackedStore.open(result.store_path)
+    assert main(["inspect", str(result.store_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes"]["base"] > 0 and report["bytes"]["codes"] == 0
+    assert all(t["own"] == 0 for t in report["tasks"])
+    for t in range(2):
+        chosen = json.loads((result.run_dir / "search" / f"task-{t}" / "chosen.json")
+                            .read_text())["params"]
+        assert not any(k.endswith(".bits") for k in chosen)  # nothing own to quantize
+        masks = store.task_masks(t)
+        for name, mask in masks.items():
+            trained = int(topc_mask(torch.rand(mask.shape), 0.5).sum())
+            sparsity = chosen.get(f"{name}.sparsity", 0.0)
+            if sparsity > 0:  # whole 4x1 blocks left the mask
+                assert int(mask.sum()) <= trained * (1 - sparsity) + 4
+            else:
+                assert int(mask.sum()) == trained
+    bundles = export_tasks(result.store_path, None, "host", None, tmp_path / "exports", (1,))
+    assert bundles
+    for path in bundles:
+        assert load_bundle(path).manifest["numerics"]["passed"]

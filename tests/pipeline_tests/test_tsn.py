@@ -30,7 +30,7 @@ def _trained(policy: str = "split", norm: str = "none"):
     train_task(method, 0, task, CFG)
     masks = method.end_task(0)
     layers = {n: LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
-                             m.weight.detach().clone(), own_before=int(masks.own[n].sum()))
+                             m.weight.detach().clone(), prunable_before=int(masks.own[n].sum()))
               for n, m in model.masked_layers().items()}
     ctx = CompressContext(model, 0, task_tensors(model, 0), task, 32)
     return model, method, layers, ctx

@@ -41,3 +41,44 @@ class TestSearchCompressorCLNP(TestSearchCompressor):  # "CLNP + search"
 
 class TestSearchCompressorNISPA(TestSearchCompressor):  # "NISPA + search"
     method: ClassVar[dict] = {"kind": "nispa", "density": 0.3, "phase_epochs": 1, "k": 4}
+
+
+class TestSearchCompressorPackNet(TestSearchCompressor):  # "PackNet + search"
+    method: ClassVar[dict] = {"kind": "packnet", "prune_fraction": 0.3, "retrain_epochs": 1}
+
+
+class TestSearchCompressorExSSNeT(TestSearchCompressor):  # "ExSSNeT + search"
+    method: ClassVar[dict] = {"kind": "exssnet", "density": 0.3, "mask_epochs": 1,
+                              "weight_epochs": 1}
+
+
+class TestSearchCompressorSupSup(TestSearchCompressor):  # "SupSup + search": masks only
+    method: ClassVar[dict] = {"kind": "supsup", "density": 0.5}
+    extra: ClassVar[dict] = {"search": {
+        **TestSearchCompressor.extra["search"],
+        "space": [{"match": ".*", "sparsity": [0.3, 0.6], "sparsity_step": 0.3,
+                   "patterns": ["block(4,1)"], "bits": [4, 8]}]}}
+
+    def test_the_mask_is_pruned_in_blocks_and_nothing_is_own(self, tmp_path) -> None:  # noqa: ANN001
+        from pipeline.compress import Pattern, group_ids
+
+        s, ctx = self._session(tmp_path)
+        out = self.make(s.recipe).compress(s, ctx)
+        import optuna
+        from optuna.storages.journal import JournalFileBackend
+
+        from search import study_name
+
+        journal = JournalFileBackend(str(s.run_dir / "search" / "task-0.journal"))
+        study = optuna.load_study(study_name=study_name(s.recipe, 0),
+                                  storage=optuna.storages.JournalStorage(journal))
+        params = {k for t in study.trials for k in t.params}
+        assert params and not any(k.endswith(".bits") for k in params)  # no bits to choose
+        for name, r in out.layers.items():
+            assert not r.own.any() and r.bits == 32
+            assert out.stats[f"{name}.pruned"] >= 0.3 - 1 / int(ctx.masks.mask[name].sum())
+            before = ctx.masks.mask[name]
+            removed = before & ~r.mask
+            ids = group_ids(tuple(r.mask.shape), Pattern.parse("block(4,1)"), r.mask.device)
+            # a removed position's whole 4x1 block is gone from the mask
+            assert not torch.isin(ids[r.mask], ids[removed]).any()

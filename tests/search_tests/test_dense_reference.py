@@ -50,7 +50,7 @@ def _problem(tmp_path: Path, latency_fn: Fake) -> TaskProblem:
     model.add_task(task.num_classes)
     train_task(method, 0, task, TrainConfig(lr=0.01, epochs=2, batch_size=16,
                                             eval_batch_size=64))
-    trained = trained_layers(model, method.end_task(0))
+    trained = trained_layers(method, 0, method.end_task(0))
     ctx = CompressContext(model, 0, task_tensors(model, 0), task, 64)
     store = PackedStore.create(tmp_path / "s.tpk", model.layer_shapes(), "tiny")
     return TaskProblem(ctx, trained, store, set(), ctx.accuracy(trained),
