@@ -11,7 +11,7 @@ from pipeline.data import Task
 from pipeline.evaluation import Row, committed_snapshot, evaluate_live, evaluate_snapshot
 from pipeline.progress import Bars
 from pipeline.session import Session, TrainReport
-from pipeline.task_inference import build_superposition, evaluate_inferred
+from pipeline.task_inference import build_superposition, evaluate_inferred, objective
 from pipeline.train import train_task
 
 __all__ = ["baseline_accuracy", "commit_task", "retested", "stage_evaluate", "stage_train"]
@@ -84,7 +84,8 @@ def stage_evaluate(s: Session, upto: int) -> tuple[Row, Row | None]:
              for j in range(upto + 1)}
     sup = build_superposition(s.model, snaps).to(dev)
     inferred: dict[int, float] = {}
+    fn = objective(ev.objective, s.model.shared_classes)
     for j in tested:
         acc[j], inferred[j] = evaluate_inferred(s.model, snaps, sup, j, s.tests[j], bs,
-                                                ev.inference, ev.infer_per)
+                                                ev.inference, ev.infer_per, fn)
     return ([acc.get(j) for j in range(upto + 1)], [inferred.get(j) for j in range(upto + 1)])

@@ -24,16 +24,22 @@ gradient), so with per-task BN the gradient covers weights, heads and BN affine 
 Stateless BN (batch statistics) has no per-task tensors; per batch the whole test batch is run so
 its statistics exist, and per sample is refused by the recipe (one input has no statistics).
 
-Deviations from SupSup: the objective is the entropy H (not the G objective with superfluous
-outputs); the gradient is taken w.r.t. the superposed tensors instead of by autograd through
-alpha (the same number, see tests); superposition covers every per-task tensor, not only masks,
-so it works for any method (WSN, TSN, ExSSNeT, SupSup) whose tasks share tensor shapes.
+Objectives (``evaluation.objective``): SupSup's **H**, the output entropy, or its **G**, the
+log-sum-exp of the outputs with the real classes' logits held constant: G reads the superfluous
+outputs of a shared head wider than the class count (``model.head_outputs``), which every task's
+cross-entropy pushes down through its own mask, so the right task lowers G most.
+
+Deviations from SupSup: the gradient is taken w.r.t. the superposed tensors instead of by
+autograd through alpha (the same number, see tests); superposition covers every per-task tensor,
+not only masks, so it works for any method (WSN, TSN, ExSSNeT, SupSup) whose tasks share tensor
+shapes.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,10 +52,11 @@ from pipeline.evaluation import snapshot_logits
 from pipeline.models import ContinualNet
 
 __all__ = ["Superposition", "build_superposition", "entropy", "entropy_grads",
-           "evaluate_inferred", "infer_tasks"]
+           "evaluate_inferred", "infer_tasks", "objective", "superfluous_lse"]
 
 Inference = Literal["one_shot", "binary"]
 InferPer = Literal["sample", "batch"]
+Objective = Callable[[torch.Tensor], torch.Tensor]  # logits (B, O) -> one value per row (B,)
 
 # per-sample gradients are computed in chunks holding at most this many floats (128 MB)
 _CHUNK_FLOATS = 1 << 25
@@ -162,21 +169,38 @@ def _same_shapes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], ta: int
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of the softmax of each row."""
+    """Shannon entropy (nats) of the softmax of each row: SupSup's H."""
     logp = torch.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
+def superfluous_lse(logits: torch.Tensor, classes: int) -> torch.Tensor:
+    """SupSup's G for each row: log-sum-exp of every output, the first ``classes`` (the real
+    classes) held constant, so its gradient comes from the superfluous outputs only."""
+    real, extra = logits[..., :classes].detach(), logits[..., classes:]
+    return torch.logsumexp(torch.cat([real, extra], dim=-1), dim=-1)
+
+
+def objective(kind: Literal["entropy", "superfluous"], classes: int | None = None) -> Objective:
+    """The function of the logits whose gradient w.r.t. the mixing coefficients infers the
+    task; ``superfluous`` needs the real class count, below the head's outputs."""
+    if kind == "entropy":
+        return entropy
+    if classes is None:
+        raise ValueError("the superfluous objective needs the real class count")
+    return lambda logits: superfluous_lse(logits, classes)
+
+
 def entropy_grads(model: ContinualNet, sup: Superposition, alpha: torch.Tensor,
                   x: torch.Tensor, per: InferPer, batch_stats: bool = False,
-                  among: torch.Tensor | None = None) -> torch.Tensor:
+                  among: torch.Tensor | None = None, fn: Objective = entropy) -> torch.Tensor:
     """dH/dalpha_i for every stacked task i, at mixture ``alpha`` (T,); with ``among`` (a bool
     mask over the T tasks) only for those tasks, +inf for the others.
 
     ``per="sample"``: shape (B, T), each row the gradient of that input's entropy. ``per="batch"``:
     shape (1, T), the gradient of the first input's entropy (the whole batch is run when
     ``batch_stats``, since BN then normalises with the batch). The model must be in eval mode
-    with its masked layers in ``dense`` mode.
+    with its masked layers in ``dense`` mode. ``fn``: the objective (default H, the entropy).
     """
     sup = sup.to(x.device)  # a no-op when it is there already
     rows = None if among is None else among.to(x.device).nonzero().flatten()
@@ -189,7 +213,7 @@ def entropy_grads(model: ContinualNet, sup: Superposition, alpha: torch.Tensor,
 
     def h(p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, {**p, **const}, (xb,), {"task": 0}, strict=False)
-        return entropy(logits[:1]).sum()
+        return fn(logits[:1]).sum()
 
     with torch.enable_grad():
         if per == "batch":
@@ -211,7 +235,7 @@ def entropy_grads(model: ContinualNet, sup: Superposition, alpha: torch.Tensor,
 
 
 def _grads_per_input(model: ContinualNet, sup: Superposition, alphas: torch.Tensor,
-                     x: torch.Tensor) -> torch.Tensor:
+                     x: torch.Tensor, fn: Objective = entropy) -> torch.Tensor:
     """dH_b/dalpha_{b,i} (B, T) where input b has its own mixture ``alphas[b]``: the mixtures
     are one matmul (B x T @ T x P) and their gradients one vmap, in chunks."""
     theta = sup.theta[:, :sup.width]
@@ -221,7 +245,7 @@ def _grads_per_input(model: ContinualNet, sup: Superposition, alphas: torch.Tens
         p = sup._split_parts(pg, pc)
         logits = functional_call(model, {**p, **sup.fixed}, (xi.unsqueeze(0),), {"task": 0},
                                  strict=False)
-        return entropy(logits).sum()
+        return fn(logits).sum()
 
     per_input = vmap(grad(h), in_dims=(0, 0, 0))
     parts = []
@@ -234,7 +258,7 @@ def _grads_per_input(model: ContinualNet, sup: Superposition, alphas: torch.Tens
 
 
 def infer_tasks(model: ContinualNet, sup: Superposition, x: torch.Tensor, inference: Inference,
-                per: InferPer, batch_stats: bool = False) -> torch.Tensor:
+                per: InferPer, batch_stats: bool = False, fn: Objective = entropy) -> torch.Tensor:
     """The inferred task (a committed task id) per input (``per="sample"``, shape (B,)) or for
     the batch (``per="batch"``, shape (1,))."""
     sup = sup.to(x.device)
@@ -251,9 +275,9 @@ def infer_tasks(model: ContinualNet, sup: Superposition, x: torch.Tensor, infere
         if len(groups) == 1:  # one mixture for every input: mix it once
             row = groups[0]
             g = entropy_grads(model, sup, row.float() / row.sum(), x, per, batch_stats,
-                              among=row)
+                              among=row, fn=fn)
         else:  # per-sample candidate sets (Binary after its first round)
-            g = _grads_per_input(model, sup, cand.float() / count.unsqueeze(1), x)
+            g = _grads_per_input(model, sup, cand.float() / count.unsqueeze(1), x, fn)
             g = g.masked_fill(~cand, math.inf)
         ranks = g.argsort(dim=1, stable=True).argsort(dim=1, stable=True)
         cand = ranks < keep.unsqueeze(1)
@@ -262,23 +286,25 @@ def infer_tasks(model: ContinualNet, sup: Superposition, x: torch.Tensor, infere
 
 
 def _guesses(model: ContinualNet, sup: Superposition, x: torch.Tensor, batch_size: int,
-             inference: Inference, per: InferPer, batch_stats: bool) -> torch.Tensor:
+             inference: Inference, per: InferPer, batch_stats: bool,
+             fn: Objective = entropy) -> torch.Tensor:
     """The inferred task of every input of ``x`` (per batch: its batch's decision)."""
     if per == "sample":
-        return infer_tasks(model, sup, x, inference, "sample")
+        return infer_tasks(model, sup, x, inference, "sample", fn=fn)
     if not batch_stats:
         # a batch's decision depends on its first input alone: decide them all at once
-        firsts = infer_tasks(model, sup, x[::batch_size], inference, "sample")
+        firsts = infer_tasks(model, sup, x[::batch_size], inference, "sample", fn=fn)
         return firsts.repeat_interleave(batch_size)[:len(x)]
     return torch.cat([infer_tasks(model, sup, x[i:i + batch_size], inference, "batch",
-                                  True).expand(len(x[i:i + batch_size]))
+                                  True, fn).expand(len(x[i:i + batch_size]))
                       for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
 def evaluate_inferred(model: ContinualNet, snapshots: dict[int, dict[str, torch.Tensor]],
                       sup: Superposition, task: int, split: Split, batch_size: int,
-                      inference: Inference, per: InferPer) -> tuple[float, float]:
+                      inference: Inference, per: InferPer,
+                      fn: Objective = entropy) -> tuple[float, float]:
     """(accuracy %, task-inference accuracy %) of ``task``'s test inputs when their task is
     inferred among the superposed tasks; each input is classified by the task inferred for it
     (for its batch), from that task's committed tensors."""
@@ -291,7 +317,7 @@ def evaluate_inferred(model: ContinualNet, snapshots: dict[int, dict[str, torch.
     model.set_mode("dense")
     right = 0
     try:
-        guess = _guesses(model, sup, split.x, batch_size, inference, per, batch_stats)
+        guess = _guesses(model, sup, split.x, batch_size, inference, per, batch_stats, fn)
         for i in range(0, len(split), batch_size):
             xb, yb, gb = (v[i:i + batch_size] for v in (split.x, split.y, guess))
             pred = torch.empty_like(yb)

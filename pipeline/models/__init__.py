@@ -57,19 +57,24 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...],
         backbone = resnet18(input_shape, cfg.width, cfg.norm)
     else:  # the schema's Literal makes this unreachable for validated recipes
         raise RecipeError(f"model.arch: unknown architecture {cfg.arch!r}")
+    shared = cfg.head == "shared"
+    if shared and cfg.head_outputs is not None and cfg.head_outputs < (num_classes or 0):
+        raise RecipeError(f"model.head_outputs: {cfg.head_outputs} outputs cannot hold the "
+                          f"{num_classes} classes of a task")
     return ContinualNet(backbone, _flat_size(backbone, input_shape), cfg.head_bias,
-                        num_classes if cfg.head == "shared" else None)
+                        num_classes if shared else None, cfg.head_outputs if shared else None)
 
 
 def model_fingerprint(cfg: ModelConfig, input_shape: tuple[int, ...]) -> str:
     """A short hash naming the architecture; a store records it and refuses another model.
 
-    Fields added later (``head``, ``alexnet_widths``) enter the hash only when they are not their
-    default, so stores written before them keep their fingerprint."""
+    Fields added later (``head``, ``alexnet_widths``, ``head_outputs``) enter the hash only when
+    they are not their default, so stores written before them keep their fingerprint."""
     dump = cfg.model_dump(mode="json")
     if dump.get("head") == "per_task":
         del dump["head"]
-    if dump.get("alexnet_widths") is None:
-        dump.pop("alexnet_widths", None)
+    for key in ("alexnet_widths", "head_outputs"):
+        if dump.get(key) is None:
+            dump.pop(key, None)
     text = json.dumps({"model": dump, "input": list(input_shape)}, sort_keys=True)
     return f"{cfg.arch}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"

@@ -20,11 +20,13 @@ class ContinualNet(nn.Module):
     The backbone maps inputs to a ``feature_dim`` vector. Per-task heads are plain ``nn.Linear``
     modules, never masked, added one per task by :meth:`add_task`. With ``shared_classes`` set,
     the net has instead one masked output layer ``head`` (no bias: a bias would be shared by
-    every task and trained by each) and ``add_task`` only adds the per-task norms.
+    every task and trained by each) and ``add_task`` only adds the per-task norms. Every task
+    must have ``shared_classes`` classes; the head has ``shared_outputs`` outputs (default: as
+    many), the ones past the classes being SupSup's superfluous outputs.
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, head_bias: bool = True,
-                 shared_classes: int | None = None) -> None:
+                 shared_classes: int | None = None, shared_outputs: int | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
@@ -33,7 +35,11 @@ class ContinualNet(nn.Module):
         self.shared_classes = shared_classes
         self._tasks = 0
         if shared_classes is not None:
-            self.head = MaskedLinear(feature_dim, shared_classes)
+            outputs = shared_classes if shared_outputs is None else shared_outputs
+            if outputs < shared_classes:
+                raise ValueError(f"a shared head with {outputs} outputs cannot hold "
+                                 f"{shared_classes} classes")
+            self.head = MaskedLinear(feature_dim, outputs)
 
     @property
     def num_tasks(self) -> int:
@@ -52,7 +58,7 @@ class ContinualNet(nn.Module):
             self.heads.append(nn.Linear(self.feature_dim, num_classes, bias=self.head_bias)
                               .to(device))
         elif num_classes != self.shared_classes:
-            raise ValueError(f"a shared head has {self.shared_classes} outputs, but task "
+            raise ValueError(f"a shared head is for {self.shared_classes} classes, but task "
                              f"{self._tasks} has {num_classes} classes")
         self._tasks += 1
         for m in self.backbone.modules():

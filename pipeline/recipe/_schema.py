@@ -111,11 +111,18 @@ class ModelConfig(_Section):
         default="per_task",
         description="per_task = one unmasked Linear per task; shared = one output layer masked "
         "per task like the other layers (every task must have the same class count)")
+    head_outputs: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        default=None,
+        description="head: shared only: its outputs; None = the class count. More outputs "
+        "than classes are SupSup's superfluous outputs: a task's cross-entropy pushes them "
+        "down, and evaluation.objective: superfluous reads them to infer the task")
 
     @model_validator(mode="after")
     def _widths_for_alexnet(self) -> ModelConfig:
         if self.alexnet_widths is not None and self.arch != "alexnet":
             raise ValueError(f"alexnet_widths applies only to arch 'alexnet', got {self.arch!r}")
+        if self.head_outputs is not None and self.head != "shared":
+            raise ValueError("head_outputs applies only to head: shared")
         return self
 
 
@@ -236,6 +243,12 @@ class EvaluationConfig(_Section):
         default="batch",
         description="task_inferred only: sample = a task per test input; batch = one task per "
         "test batch (train.eval_batch_size), inferred from the batch's first input")
+    objective: Literal["entropy", "superfluous"] = Field(
+        default="entropy",
+        description="task_inferred only: what the mixing coefficients' gradient is taken of; "
+        "entropy = SupSup's H, the output entropy; superfluous = SupSup's G, the log-sum-exp "
+        "of the outputs with the real classes' gradient stopped, read from the superfluous "
+        "outputs of a shared head with model.head_outputs > the class count")
     every: int = Field(
         default=1, ge=1, le=100_000,
         description="re-test earlier tasks after every k-th task and after the last one; "
@@ -325,6 +338,11 @@ class Recipe(_Section):
             raise ValueError("evaluation.infer_per: sample needs model.norm none or per_task: "
                              "stateless BN normalises with batch statistics, which one input "
                              "does not have (use infer_per: batch)")
+        if ev.scenario == "task_inferred" and ev.objective == "superfluous" \
+                and self.model.head_outputs is None:
+            raise ValueError("evaluation.objective: superfluous reads the superfluous outputs "
+                             "of a shared head: set model.head: shared and model.head_outputs "
+                             "above the class count (SupSup: 100 for 10 classes)")
         if self.search.enabled and self.model.norm == "stateless" and \
                 self.search.latency_batch < 2:
             raise ValueError("model.norm 'stateless' normalizes with batch statistics (one "

@@ -163,6 +163,18 @@ def test_quantize_is_refused_with_one_clear_line() -> None:
         recipe_from_dict({"name": "s", "method": {"kind": "supsup", "quantize": {"bits": [4]}}})
 
 
+def _small_run(tmp_path: Path, name: str, density: float, hidden: int) -> dict:
+    """A 2-task Permuted MNIST supsup recipe small enough for a test, compiled for the host."""
+    return {
+        "name": name, "output_dir": str(tmp_path / "runs"),
+        "method": {"kind": "supsup", "density": density, "optimizer": "adam"},
+        "benchmark": {"stream": "permuted_mnist", "tasks": 2, "train_limit": 600,
+                      "test_limit": 200, "val_fraction": 0.01},
+        "model": {"arch": "mlp", "hidden": [hidden, hidden], "head_bias": False},
+        "train": {"epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 100},
+        "targets": [{"name": "host", "backend": "tvm"}], "tracking": {"enabled": False}}
+
+
 @pytest.mark.slow
 @pytest.mark.tvm
 def test_run_inspect_and_export_a_supsup_store(tmp_path: Path,
@@ -176,14 +188,7 @@ def test_run_inspect_and_export_a_supsup_store(tmp_path: Path,
     from pipeline.recipe import recipe_from_dict
     from pipeline.runner import prepare, run_recipe
 
-    recipe = recipe_from_dict({
-        "name": "supsup-export", "output_dir": str(tmp_path / "runs"),
-        "method": {"kind": "supsup", "density": 0.3, "optimizer": "adam"},
-        "benchmark": {"stream": "permuted_mnist", "tasks": 2, "train_limit": 600,
-                      "test_limit": 200, "val_fraction": 0.01},
-        "model": {"arch": "mlp", "hidden": [32, 32], "head_bias": False},
-        "train": {"epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 100},
-        "targets": [{"name": "host", "backend": "tvm"}], "tracking": {"enabled": False}})
+    recipe = recipe_from_dict(_small_run(tmp_path, "supsup-export", 0.3, 32))
     result = run_recipe(recipe)
     assert result.bwt == 0.0 and all(a > 20.0 for a in result.matrix.final)
     assert main(["inspect", str(result.store_path), "--json"]) == 0
@@ -223,18 +228,12 @@ def test_search_prunes_the_masks_in_blocks_and_export_runs_them(
     from search import SearchCompressor
 
     recipe = recipe_from_dict({
-        "name": "supsup-search", "output_dir": str(tmp_path / "runs"),
-        "method": {"kind": "supsup", "density": 0.5, "optimizer": "adam"},
-        "benchmark": {"stream": "permuted_mnist", "tasks": 2, "train_limit": 600,
-                      "test_limit": 200, "val_fraction": 0.01},
-        "model": {"arch": "mlp", "hidden": [64, 64], "head_bias": False},
-        "train": {"epochs": 1, "lr": 0.01, "batch_size": 32, "eval_batch_size": 100},
+        **_small_run(tmp_path, "supsup-search", 0.5, 64),
         "search": {"enabled": True, "trials": 3, "sampler": "random",
                    "space": [{"match": ".*", "sparsity": [0.0, 0.6], "sparsity_step": 0.6,
                               "patterns": ["block(4,1)"]}],
                    "constraints": {"max_acc_drop": None},
-                   "selection": {"policy": "min_latency_within_acc_drop", "value": 100.0}},
-        "targets": [{"name": "host", "backend": "tvm"}], "tracking": {"enabled": False}})
+                   "selection": {"policy": "min_latency_within_acc_drop", "value": 100.0}}})
     result = run_recipe(recipe, compressor=SearchCompressor(recipe))
     assert result.bwt == 0.0
     store = PackedStore.open(result.store_path)

@@ -18,6 +18,8 @@ from pipeline.task_inference import (
     entropy_grads,
     evaluate_inferred,
     infer_tasks,
+    objective,
+    superfluous_lse,
 )
 from tests.pipeline_tests._tiny import tiny_mlp
 
@@ -46,7 +48,8 @@ def _random_tasks(model, n: int, classes: int = 3, seed: int = 0) -> dict:
     return snaps
 
 
-def _autograd_alpha(model, sup, alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _autograd_alpha(model, sup, alpha: torch.Tensor, x: torch.Tensor,
+                    fn=entropy) -> torch.Tensor:
     """dH/dalpha by autograd through theta(alpha) = sum alpha_i theta_i (the reference); BN
     running statistics are mixed too but held constant (BN gives them no gradient)."""
     a = alpha.clone().requires_grad_(True)
@@ -54,7 +57,7 @@ def _autograd_alpha(model, sup, alpha: torch.Tensor, x: torch.Tensor) -> torch.T
     mixed = {k: v.detach() if k.endswith(("running_mean", "running_var")) else v
              for k, v in full.items()}
     logits = functional_call(model, {**mixed, **sup.fixed}, (x,), {"task": 0}, strict=False)
-    entropy(logits[:1]).sum().backward()
+    fn(logits[:1]).sum().backward()
     assert a.grad is not None
     return a.grad
 
@@ -132,8 +135,47 @@ def test_shared_head_refuses_another_class_count() -> None:
     model = build_model(ModelConfig(arch="mlp", hidden=[4], head="shared"), (1, 1, 4), 3)
     assert "head" in model.masked_layers() and model.num_tasks == 0
     assert model.add_task(3) == 0 and model.num_tasks == 1
-    with pytest.raises(ValueError, match="shared head has 3 outputs, but task 1 has 2 classes"):
+    with pytest.raises(ValueError, match="shared head is for 3 classes, but task 1 has 2"):
         model.add_task(2)
+
+
+def test_superfluous_objective_is_supsups_g_and_its_gradient_matches_autograd() -> None:
+    logits = torch.tensor([[2.0, 1.0, -1.0, -3.0, 0.5]], requires_grad=True)
+    g = superfluous_lse(logits, 3)
+    torch.testing.assert_close(g, torch.logsumexp(logits.detach(), dim=-1))
+    g.sum().backward()
+    assert logits.grad is not None
+    assert (logits.grad[0, :3] == 0).all() and (logits.grad[0, 3:] > 0).all()
+    with pytest.raises(ValueError, match="real class count"):
+        objective("superfluous")
+    # the head: 3 classes, 7 outputs; the formula's gradient equals autograd through alpha
+    model = build_model(ModelConfig(arch="mlp", hidden=[6, 5], head="shared", head_outputs=7),
+                        (1, 1, 4), num_classes=3)
+    assert model.masked_layers()["head"].weight.shape[0] == 7
+    sup = build_superposition(model, _random_tasks(model, 4))
+    model.eval()
+    model.set_mode("dense")
+    x = torch.randn(3, 1, 1, 4, generator=torch.Generator().manual_seed(2))
+    alpha = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    fn = objective("superfluous", 3)
+    for b in range(3):
+        torch.testing.assert_close(entropy_grads(model, sup, alpha, x[b:], "batch", fn=fn)[0],
+                                   _autograd_alpha(model, sup, alpha, x[b:b + 1], fn))
+
+
+def test_superfluous_outputs_need_a_wide_shared_head() -> None:
+    from pipeline.errors import RecipeError
+    from pipeline.recipe import recipe_from_dict
+
+    with pytest.raises(RecipeError, match="head_outputs applies only to head: shared"):
+        recipe_from_dict({"name": "r", "model": {"head_outputs": 100}})
+    with pytest.raises(RecipeError, match="objective: superfluous reads the superfluous"):
+        recipe_from_dict({"name": "r", "model": {"head": "shared"},
+                          "evaluation": {"scenario": "task_inferred",
+                                         "objective": "superfluous"}})
+    with pytest.raises(RecipeError, match="2 outputs cannot hold the 3 classes"):
+        build_model(ModelConfig(arch="mlp", hidden=[4], head="shared", head_outputs=2),
+                    (1, 1, 4), 3)
 
 
 def _separable(model, n_tasks: int, dim: int = 6):
