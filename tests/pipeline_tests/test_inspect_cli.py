@@ -69,3 +69,19 @@ def test_store_of_another_model_and_unknown_task(tmp_path: Path,
                       f"output_dir: {tmp_path / 'runs'}\nbenchmark: {{tasks: 1}}\n")
     assert main(["run", str(recipe)]) == 2
     assert "store was built for model 'mlp-test'" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
+    """`taskpack inspect STORE | head -1`: the closed pipe ends the command quietly (exit 141,
+    as a tool killed by SIGPIPE), with nothing on stderr."""
+    import subprocess
+    import sys
+
+    store = Path(__file__).parent / "fixtures" / "store_v1.tpk"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "inspect", str(store)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader leaves before the first line (imports take seconds)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err.decode() == "", err.decode()
