@@ -439,9 +439,14 @@ def main(argv: list[str] | None = None) -> None:
     trials = 4 if args.quick else args.trials
     batches = [1] if args.quick else args.batches
     if args.store is not None:
+        from pipeline.errors import TaskpackError
         from pipeline.export import store_task_modules
 
-        _, input_shape, modules = store_task_modules(args.store, args.tasks, args.recipe)
+        try:
+            _, input_shape, modules = store_task_modules(args.store, args.tasks, args.recipe)
+        except TaskpackError as e:  # a damaged store, a missing recipe: one line, exit 2
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         what = f"store {args.store}, tasks {list(modules)}"
     elif args.model == "cnn":
         input_shape = (3, 32, 32)

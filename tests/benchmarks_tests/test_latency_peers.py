@@ -123,3 +123,14 @@ def test_synthetic_cnn_is_block_pruned() -> None:
     blocks = (conv.reshape(4, 16, -1) != 0).any(dim=1)
     assert 0.05 < blocks.float().mean() < 0.15
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_an_unloadable_store_is_one_line_and_exit_2(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.tpk"
+    junk.write_bytes(b"junk\n")
+    with pytest.raises(SystemExit) as exit_info:
+        latency.main(["--store", str(junk)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "40-byte header" in err and err.count("\n") == 1
