@@ -9,6 +9,7 @@ parser of ``"block(h,w)"`` pattern strings in ``compilers``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -41,6 +42,31 @@ def _flatten(module: nn.Module) -> list[nn.Module] | None:
         else:
             layers.append(child)
     return layers
+
+
+def replace_layers(module: nn.Module, make: Callable[[nn.Module, bool], nn.Module | None], *,
+                   keep_head_dense: bool = True) -> nn.Module:
+    """``module`` (a Sequential, flattened) with each layer that ``make(layer, relu)`` turns
+    into a kernel op replaced by it; ``relu`` says a ReLU follows, which the op then fuses (the
+    ReLU is dropped). ``make`` returns None to keep a layer as it is (a copy). The head (the
+    last Linear) is kept dense by default: it is small and owned by one task. A module that is
+    not a Sequential is returned unchanged."""
+    layers = _flatten(module)
+    if layers is None:
+        return module
+    linear_idx = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
+    head = linear_idx[-1] if (keep_head_dense and linear_idx) else None
+    out: list[nn.Module] = []
+    skip_next = False
+    for i, layer in enumerate(layers):
+        if skip_next:
+            skip_next = False
+            continue
+        relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
+        op = None if i == head else make(layer, relu)
+        out.append(copy.deepcopy(layer) if op is None else op)
+        skip_next = op is not None and relu
+    return nn.Sequential(*out).eval()
 
 
 def _block_shape(layer: nn.Module) -> tuple[int, int] | None:
@@ -83,26 +109,13 @@ def to_block_sparse(module: nn.Module, *, keep_head_dense: bool = True) -> nn.Mo
     weight, viewed as (O, C*kh*kw), is block-sparse; other convs stay dense. The head (last Linear)
     stays dense by default: it is small and owned by one task.
     """
-    layers = _flatten(module)
-    if layers is None:
-        return module
-    linear_idx = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
-    head = linear_idx[-1] if (keep_head_dense and linear_idx) else None
-    out: list[nn.Module] = []
-    skip_next = False
-    for i, layer in enumerate(layers):
-        if skip_next:
-            skip_next = False
-            continue
-        shape = None if i == head else _block_shape(layer)
+    def make(layer: nn.Module, relu: bool) -> nn.Module | None:
+        shape = _block_shape(layer)
         if shape is None:
-            out.append(copy.deepcopy(layer))
-            continue
-        relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
+            return None
         if isinstance(layer, nn.Linear):
-            out.append(BlockSparseLinear(layer, *shape, relu=relu))
-        else:
-            assert isinstance(layer, nn.Conv2d)  # _block_shape is None for any other layer
-            out.append(BlockSparseConv2d(layer, *shape, relu=relu))
-        skip_next = relu
-    return nn.Sequential(*out).eval()
+            return BlockSparseLinear(layer, *shape, relu=relu)
+        assert isinstance(layer, nn.Conv2d)  # _block_shape is None for any other layer
+        return BlockSparseConv2d(layer, *shape, relu=relu)
+
+    return replace_layers(module, make, keep_head_dense=keep_head_dense)

@@ -15,14 +15,12 @@ Convolutions and int8 are not covered: the ``int8`` transform leaves CSR layers 
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from ..ops.csr import CSRLinear
 from ._base import Transform, TransformContext, register_transform
-from ._block_sparse import _flatten, block_density, choose_block_shape
+from ._block_sparse import block_density, choose_block_shape, replace_layers
 
 __all__ = ["MAX_CSR_DENSITY", "MIN_FILL", "CSRSparseTransform", "is_unstructured",
            "to_csr_sparse"]
@@ -49,25 +47,12 @@ def is_unstructured(weight: torch.Tensor) -> bool:
 
 def to_csr_sparse(module: nn.Module, *, keep_head_dense: bool = True) -> nn.Module:
     """Replace unstructured sparse ``nn.Linear`` layers (and a ReLU right after) by CSRLinear."""
-    layers = _flatten(module)
-    if layers is None:
-        return module
-    linear_idx = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
-    head = linear_idx[-1] if (keep_head_dense and linear_idx) else None
-    out: list[nn.Module] = []
-    skip_next = False
-    for i, layer in enumerate(layers):
-        if skip_next:
-            skip_next = False
-            continue
-        if not (isinstance(layer, nn.Linear) and type(layer) is nn.Linear and i != head
-                and is_unstructured(layer.weight)):
-            out.append(copy.deepcopy(layer))
-            continue
-        relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-        out.append(CSRLinear(layer, relu=relu))
-        skip_next = relu
-    return nn.Sequential(*out).eval()
+    def make(layer: nn.Module, relu: bool) -> nn.Module | None:
+        if type(layer) is nn.Linear and is_unstructured(layer.weight):
+            return CSRLinear(layer, relu=relu)
+        return None
+
+    return replace_layers(module, make, keep_head_dense=keep_head_dense)
 
 
 class CSRSparseTransform(Transform):
