@@ -10,9 +10,11 @@ a top-c mask of |score| per layer with a straight-through gradient; the task com
 (every position shared with the base, none owned: zero own codes) plus its head and, when the
 model has ``norm: per_task``, its own BN statistics and affine parameters.
 
-Deviations from the paper: a dense head per task instead of one masked classifier shared by all
-tasks; one density for every layer (SupSup's per-layer ``min(0.5, s (c_in + c_out) / (c_in c_out
-k_h k_w))`` is not offered) and no threshold (score >= 0) mask; per-task BN, when used, is the
+Deviations from the paper: by default a dense head per task; SupSup's one masked classifier
+shared by all tasks, with its superfluous outputs, is ``model.head: shared`` with
+``model.head_outputs`` (docs/task-inference.md); one density for every layer (SupSup's
+per-layer ``min(0.5, s (c_in + c_out) / (c_in c_out k_h k_w))`` is not offered) and no
+threshold (score >= 0) mask; per-task BN, when used, is the
 model's affine per-task BN rather than SupSup's non-affine one; taskpack's plateau lr schedule
 instead of a fixed number of iterations or cosine. Task inference without a task id (One-Shot,
 Binary) is not in this class: ``pipeline.task_inference`` runs it for every method.
