@@ -52,7 +52,7 @@ def trained_layers(method: Method, task: int, masks: TaskMasks) -> dict[str, Lay
         scope = prunable[n] & masks.mask[n]
         out[n] = LayerResult(masks.mask[n].clone(), masks.own[n].clone(),
                              m.weight.detach().clone(), prunable_before=int(scope.sum()),
-                             prunable=None if prunable is masks.own else scope.clone(),
+                             prunable=scope.clone(),
                              rank=None if rank is None else rank[n].detach().clone())
     return out
 

@@ -6,7 +6,14 @@ with ``register_method(kind, Config, Class)``; see docs/extending.md.
 
 from __future__ import annotations
 
-from pipeline.methods._base import CompressionPasses, MaskMode, Method, Phase, TaskMasks
+from pipeline.methods._base import (
+    CompressionPasses,
+    MaskMode,
+    Method,
+    Phase,
+    TaskMasks,
+    task_snapshot,
+)
 from pipeline.methods._registry import build_method, method_class, method_names, register_method
 from pipeline.methods.clnp import CLNP
 from pipeline.methods.exssnet import ExSSNeT
@@ -29,6 +36,7 @@ __all__ = [
     "Method",
     "Phase",
     "TaskMasks",
+    "task_snapshot",
     "build_method",
     "method_class",
     "method_names",

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from pipeline.recipe import PruneConfig, QuantizeConfig
     from pipeline.store import PackedStore
 
-__all__ = ["CompressionPasses", "MaskMode", "Method", "Phase", "TaskMasks"]
+__all__ = ["CompressionPasses", "MaskMode", "Method", "Phase", "TaskMasks", "masked_snapshot",
+           "task_snapshot"]
 
 
 @dataclass
@@ -191,7 +192,14 @@ def masked_snapshot(model: ContinualNet, masks: list[dict[str, torch.Tensor]],
     task's own head and norms (``masks``: one mask per layer for every ended task)."""
     if not 0 <= task < len(masks):
         raise IndexError(f"task {task} has not ended; {len(masks)} task(s) have")
-    out = {f"{n}.weight": (layer.weight.detach() * masks[task][n]).clone()
+    return task_snapshot(model, masks[task], task)
+
+
+def task_snapshot(model: ContinualNet, mask: dict[str, torch.Tensor],
+                  task: int) -> dict[str, torch.Tensor]:
+    """Task ``task``'s live tensors under its ``mask`` (one per masked layer): each masked
+    layer's weight times the mask, plus the task's own head and norms, cloned."""
+    out = {f"{n}.weight": (layer.weight.detach() * mask[n]).clone()
            for n, layer in model.masked_layers().items()}
     state = dict(model.named_parameters()) | dict(model.named_buffers())
     for name in model.task_param_names(task):

@@ -16,7 +16,7 @@ from pipeline.models import ContinualNet, MaskedLinear
 from pipeline.recipe import Recipe
 
 __all__ = ["check_unit_model", "head_name", "kaiming_fan_out", "mean_activations",
-           "relu_after", "source_units", "task_head"]
+           "relu_after", "source_units", "task_head", "unit_flags"]
 
 
 def check_unit_model(model: ContinualNet, recipe: Recipe | None, kind: str) -> None:
@@ -36,6 +36,12 @@ def check_unit_model(model: ContinualNet, recipe: Recipe | None, kind: str) -> N
     if not layers or not all(isinstance(m, MaskedLinear) for m in layers.values()):
         raise RecipeError(f"model.arch: method {kind!r} supports only MLP backbones")
     relu_after(model)  # raises when a layer has no ReLU after it
+
+
+def unit_flags(model: ContinualNet) -> dict[str, torch.Tensor]:
+    """One flag per output unit of every masked layer, all False, beside the layer's weight."""
+    return {n: torch.zeros(m.weight.shape[0], dtype=torch.bool, device=m.weight.device)
+            for n, m in model.masked_layers().items()}
 
 
 def relu_after(model: ContinualNet) -> dict[str, nn.ReLU]:

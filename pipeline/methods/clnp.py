@@ -48,6 +48,7 @@ from pipeline.methods._units import (
     relu_after,
     source_units,
     task_head,
+    unit_flags,
 )
 from pipeline.models import ContinualNet
 from pipeline.recipe import CLNPMethod, Recipe
@@ -77,8 +78,7 @@ class CLNP(Method):
         super().__init__(model, cfg, recipe)
         check_unit_model(model, recipe, "clnp")
         layers = model.masked_layers()
-        self.active = {n: torch.zeros(m.weight.shape[0], dtype=torch.bool,
-                                      device=m.weight.device) for n, m in layers.items()}
+        self.active = unit_flags(model)
         self.held = {n: torch.zeros_like(m.weight, dtype=torch.bool) for n, m in layers.items()}
         self.data: Task | None = None
         self.done = 0

@@ -52,6 +52,7 @@ from pipeline.methods._units import (
     mean_activations,
     source_units,
     task_head,
+    unit_flags,
 )
 from pipeline.methods.clnp import link_mask
 from pipeline.models import ContinualNet
@@ -109,8 +110,7 @@ class NISPA(Method):
         layers = model.masked_layers()
         self.budget = {n: round(cfg.density * m.weight.numel()) for n, m in layers.items()}
         self.conn = {n: torch.zeros_like(m.weight, dtype=torch.bool) for n, m in layers.items()}
-        self.stable = {n: torch.zeros(m.weight.shape[0], dtype=torch.bool,
-                                      device=m.weight.device) for n, m in layers.items()}
+        self.stable = unit_flags(model)
         self.held = {n: torch.zeros_like(c) for n, c in self.conn.items()}
         self.working = {n: s.clone() for n, s in self.stable.items()}
         self.head_units: torch.Tensor | None = None  # units the current head may read

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 
 from pipeline.data import Split, Task
-from pipeline.methods import build_method
+from pipeline.methods import Method, TaskMasks, build_method
 from pipeline.models import ContinualNet, build_model
 from pipeline.progress import QUIET
-from pipeline.recipe import ModelConfig, Recipe
+from pipeline.recipe import ModelConfig, Recipe, TrainConfig
 from pipeline.session import Session, TaskContext
 from pipeline.store import PackedStore
 from pipeline.tracking import NoopRun
@@ -33,6 +33,14 @@ def tiny_mlp(hidden: tuple[int, ...] = (16, 16), dim: int = 8, norm: str = "none
              seed: int = 0) -> ContinualNet:
     torch.manual_seed(seed)
     return build_model(ModelConfig(arch="mlp", hidden=list(hidden), norm=norm), (1, 1, dim))
+
+
+def learn_task(method: Method, task: Task, cfg: TrainConfig) -> TaskMasks:
+    """``task`` learned by ``method`` without a store: its head added, begun, trained, ended."""
+    method.model.add_task(task.num_classes)
+    method.begin_task(task.index, None, task)
+    train_task(method, task.index, task, cfg)
+    return method.end_task(task.index)
 
 
 def trained_tiny_session(recipe: Recipe, store_path: Path, run_dir: Path,

@@ -10,13 +10,11 @@ import torch.nn.functional as F
 from pipeline.data import Split, Task
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import snapshot_logits
-from pipeline.methods import CLNP, TaskMasks, build_method
+from pipeline.methods import CLNP, TaskMasks, build_method, task_snapshot
 from pipeline.methods._units import source_units
 from pipeline.methods.clnp import link_mask
-from pipeline.models import ContinualNet
 from pipeline.recipe import CLNPMethod, TrainConfig, recipe_from_dict
-from pipeline.train import train_task
-from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
+from tests.pipeline_tests._tiny import learn_task, tiny_mlp, tiny_task
 
 CFG = TrainConfig(lr=0.01, epochs=2, batch_size=16, eval_batch_size=32)
 
@@ -38,18 +36,8 @@ def _task(t: int) -> Task:
 
 
 def _learn(method: CLNP, t: int) -> TaskMasks:
-    task = _task(t)
-    method.model.add_task(task.num_classes)
-    method.begin_task(t, None, task)
-    train_task(method, t, task, CFG)
-    return method.end_task(t)
+    return learn_task(method, _task(t), CFG)
 
-
-def _snapshot(model: ContinualNet, masks: TaskMasks, t: int) -> dict[str, torch.Tensor]:
-    out = {f"{n}.weight": (m.weight.detach() * masks.mask[n]).clone()
-           for n, m in model.masked_layers().items()}
-    return out | {f"heads.{t}.{k}": v.detach().clone()
-                  for k, v in model.heads[t].named_parameters()}
 
 
 def test_link_mask_is_rows_times_columns() -> None:
@@ -104,13 +92,13 @@ def test_earlier_tasks_are_bit_identical_after_later_tasks_train() -> None:
     method = CLNP(model, CLNPMethod(margin=2.0, threshold_step=0.05))
     probe = torch.randn(20, 1, 1, 8, generator=torch.Generator().manual_seed(9))
     masks0 = _learn(method, 0)
-    snap0 = _snapshot(model, masks0, 0)
+    snap0 = task_snapshot(model, masks0.mask, 0)
     logits0 = snapshot_logits(model, snap0, 0, probe, 10)
     for t in (1, 2):
         _learn(method, t)
-    assert torch.equal(snapshot_logits(model, _snapshot(model, masks0, 0), 0, probe, 10),
+    assert torch.equal(snapshot_logits(model, task_snapshot(model, masks0.mask, 0), 0, probe, 10),
                        logits0)
-    for k, v in _snapshot(model, masks0, 0).items():
+    for k, v in task_snapshot(model, masks0.mask, 0).items():
         assert torch.equal(v, snap0[k]), k
 
 

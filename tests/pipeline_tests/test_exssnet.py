@@ -18,8 +18,7 @@ from pipeline.recipe import ExSSNeTMethod, TrainConfig, recipe_from_dict
 from pipeline.runner import run_recipe
 from pipeline.store import LayerCommit, PackedStore, TaskCommit
 from pipeline.tracking import NoopTracker
-from pipeline.train import train_task
-from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
+from tests.pipeline_tests._tiny import learn_task, tiny_mlp, tiny_task
 
 CFG = TrainConfig(lr=0.01, epochs=2, batch_size=16, eval_batch_size=32)
 
@@ -29,11 +28,7 @@ def _weights(method: ExSSNeT) -> dict[str, torch.Tensor]:
 
 
 def _learn(method: ExSSNeT, t: int, cfg: TrainConfig = CFG) -> TaskMasks:
-    task = tiny_task(t)
-    method.model.add_task(task.num_classes)
-    method.begin_task(t, None, task)
-    train_task(method, t, task, cfg)
-    return method.end_task(t)
+    return learn_task(method, tiny_task(t), cfg)
 
 
 def _commit(store: PackedStore, method: ExSSNeT, t: int, masks: TaskMasks) -> None:

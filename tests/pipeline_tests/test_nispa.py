@@ -14,15 +14,13 @@ from pipeline.compress import task_tensors, trained_layers
 from pipeline.data import Split, Task
 from pipeline.errors import PipelineError
 from pipeline.evaluation import snapshot_logits
-from pipeline.methods import NISPA, Phase, TaskMasks
+from pipeline.methods import NISPA, Phase, TaskMasks, task_snapshot
 from pipeline.methods._units import source_units
 from pipeline.methods.clnp import link_mask
 from pipeline.methods.nispa import phase_share, top_share
-from pipeline.models import ContinualNet
 from pipeline.recipe import NISPAMethod, TrainConfig
 from pipeline.store import LayerCommit, PackedStore, TaskCommit
-from pipeline.train import train_task
-from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
+from tests.pipeline_tests._tiny import learn_task, tiny_mlp, tiny_task
 
 CFG = TrainConfig(lr=0.01, epochs=2, batch_size=16, eval_batch_size=32)
 SMALL = NISPAMethod(density=0.3, phase_epochs=1, k=5, margin=50.0)
@@ -35,11 +33,7 @@ def _method(cfg: NISPAMethod = SMALL) -> NISPA:
 
 
 def _learn(method: NISPA, t: int) -> TaskMasks:
-    task = tiny_task(t)
-    method.model.add_task(task.num_classes)
-    method.begin_task(t, None, task)
-    train_task(method, t, task, CFG)
-    return method.end_task(t)
+    return learn_task(method, tiny_task(t), CFG)
 
 
 def _check_structure(method: NISPA, stable: dict[str, torch.Tensor]) -> None:
@@ -123,18 +117,12 @@ def test_frozen_links_never_move_and_earlier_logits_stay_bit_identical() -> None
     for t in range(3):
         frozen = {n: m.weight.detach().clone() for n, m in model.masked_layers().items()}
         masks.append(_learn(method, t))
-        logits.append(snapshot_logits(model, _snapshot(model, masks[t], t), t, probe, 10))
+        logits.append(snapshot_logits(model, task_snapshot(model, masks[t].mask, t), t, probe, 10))
     for t in range(3):
-        now = snapshot_logits(model, _snapshot(model, masks[t], t), t, probe, 10)
+        now = snapshot_logits(model, task_snapshot(model, masks[t].mask, t), t, probe, 10)
         assert torch.equal(now, logits[t]), t
     assert set(steps) == {0, 1, 2}
 
-
-def _snapshot(model: ContinualNet, masks: TaskMasks, t: int) -> dict[str, torch.Tensor]:
-    out = {f"{n}.weight": (m.weight.detach() * masks.mask[n]).clone()
-           for n, m in model.masked_layers().items()}
-    return out | {f"heads.{t}.{k}": v.detach().clone()
-                  for k, v in model.heads[t].named_parameters()}
 
 
 def test_a_phase_below_best_minus_margin_reverts_to_the_phase_before(

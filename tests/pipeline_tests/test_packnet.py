@@ -7,30 +7,18 @@ import torch
 
 from pipeline.errors import RecipeError
 from pipeline.evaluation import snapshot_logits
-from pipeline.methods import PackNet, TaskMasks
+from pipeline.methods import PackNet, TaskMasks, task_snapshot
 from pipeline.methods.packnet import layer_fractions, prune_smallest
-from pipeline.models import ContinualNet
 from pipeline.recipe import PackNetMethod, TrainConfig, recipe_from_dict
-from pipeline.train import train_task
-from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
+from tests.pipeline_tests._tiny import learn_task, tiny_mlp, tiny_task
 
 CFG = TrainConfig(lr=0.01, epochs=2, batch_size=16, eval_batch_size=32)
 LAYERS = ["backbone.1", "backbone.4"]  # tiny_mlp's masked layers
 
 
 def _learn(method: PackNet, t: int) -> TaskMasks:
-    task = tiny_task(t)
-    method.model.add_task(task.num_classes)
-    method.begin_task(t, None, task)
-    train_task(method, t, task, CFG)
-    return method.end_task(t)
+    return learn_task(method, tiny_task(t), CFG)
 
-
-def _snapshot(model: ContinualNet, masks: TaskMasks, t: int) -> dict[str, torch.Tensor]:
-    out = {f"{n}.weight": (m.weight.detach() * masks.mask[n]).clone()
-           for n, m in model.masked_layers().items()}
-    return out | {f"heads.{t}.{k}": v.detach().clone()
-                  for k, v in model.heads[t].named_parameters()}
 
 
 def test_prune_smallest_removes_exactly_the_smallest_own_weights() -> None:
@@ -101,7 +89,7 @@ def test_earlier_tasks_are_bit_identical_after_later_tasks_train() -> None:
     probe = torch.randn(20, 1, 1, 8, generator=torch.Generator().manual_seed(9))
     masks0 = _learn(method, 0)
     weights0 = {n: m.weight.detach().clone() for n, m in model.masked_layers().items()}
-    logits0 = snapshot_logits(model, _snapshot(model, masks0, 0), 0, probe, 10)
+    logits0 = snapshot_logits(model, task_snapshot(model, masks0.mask, 0), 0, probe, 10)
     steps = []
     original = method.after_backward
 
@@ -120,7 +108,7 @@ def test_earlier_tasks_are_bit_identical_after_later_tasks_train() -> None:
         m = masks0.mask[n]
         assert torch.equal(layer.weight.detach()[m], weights0[n][m])
         assert not torch.equal(layer.weight.detach()[~m], weights0[n][~m]), "free never trained"
-    assert torch.equal(snapshot_logits(model, _snapshot(model, masks0, 0), 0, probe, 10),
+    assert torch.equal(snapshot_logits(model, task_snapshot(model, masks0.mask, 0), 0, probe, 10),
                        logits0)
 
 

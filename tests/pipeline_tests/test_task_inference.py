@@ -197,15 +197,21 @@ def _separable(model, n_tasks: int, dim: int = 6):
     return snaps, x
 
 
-@pytest.mark.parametrize("inference", ["one_shot", "binary"])
-@pytest.mark.parametrize("per", ["sample", "batch"])
-def test_inference_finds_the_task_whose_mask_fits_the_input(inference: str, per: str) -> None:
-    n = 5
+def _separable_net(n: int):
+    """A tiny net with ``n`` separable tasks (``_separable``) in superposition: (model,
+    snapshots, inputs, superposition)."""
     model = tiny_mlp(hidden=(6,), dim=6)
     for _ in range(n):
         model.add_task(3)
     snaps, x = _separable(model, n)
-    sup = build_superposition(model, snaps)
+    return model, snaps, x, build_superposition(model, snaps)
+
+
+@pytest.mark.parametrize("inference", ["one_shot", "binary"])
+@pytest.mark.parametrize("per", ["sample", "batch"])
+def test_inference_finds_the_task_whose_mask_fits_the_input(inference: str, per: str) -> None:
+    n = 5
+    model, snaps, x, sup = _separable_net(n)
     model.eval()
     model.set_mode("dense")
     if per == "sample":
@@ -220,11 +226,7 @@ def test_inference_finds_the_task_whose_mask_fits_the_input(inference: str, per:
 
 def test_evaluate_inferred_classifies_with_the_inferred_task() -> None:
     n = 4
-    model = tiny_mlp(hidden=(6,), dim=6)
-    for _ in range(n):
-        model.add_task(3)
-    snaps, x = _separable(model, n)
-    sup = build_superposition(model, snaps)
+    model, snaps, x, sup = _separable_net(n)
     for t in range(n):
         xs = x[t * 4:(t + 1) * 4]
         y = snapshot_logits(model, snaps[t], t, xs, 8).argmax(1)
