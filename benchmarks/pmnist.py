@@ -25,6 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.models import kernel_name  # noqa: E402
 from pipeline.progress import Bars  # noqa: E402
 from pipeline.recipe import load_recipe  # noqa: E402
 from pipeline.runner import RunResult, run_recipe  # noqa: E402
@@ -50,6 +51,12 @@ def describe(r: RunResult) -> str:
             f"{rc.train.epochs} epochs/task, batch {rc.train.batch_size}")
 
 
+def _minutes(seconds: list[float | None]) -> str:
+    """The sum in minutes; '-' when a task's figure is missing (a resumed run)."""
+    known = [v for v in seconds if v is not None]
+    return "-" if len(known) < len(seconds) else f"{sum(known) / 60:.1f}"
+
+
 def print_results(results: dict[str, RunResult]) -> None:
     names = list(results)
     first = results[names[0]]
@@ -69,7 +76,13 @@ def print_results(results: dict[str, RunResult]) -> None:
     print("|---|" + "---:|" * len(names))
     rows = {"ACC (%)": lambda r: f"{r.acc:.2f}", "BWT": lambda r: f"{r.bwt:+.3f}",
             "FWT (GEM)": lambda r: f"{r.matrix.fwt():+.2f}",
-            "wall (min)": lambda r: f"{r.wall_s / 60:.1f}"}
+            "wall (min)": lambda r: f"{r.wall_s / 60:.1f}",
+            "training, all tasks (min)": lambda r: _minutes(
+                [rec.train.seconds if rec.train else None for rec in r.tasks]),
+            "compression passes, all tasks (min)": lambda r: _minutes(
+                [rec.compression.get("compress_seconds") for rec in r.tasks]),
+            "training device": lambda r: f"{torch.get_num_threads()} thread(s), "
+                                         f"{kernel_name()} kernels"}
     for comp in COMPONENTS:
         rows[f"store {comp} (bytes)"] = (
             lambda r, c=comp: f"{int(r.store_metrics[f'store/bytes_{c}']):,}")

@@ -10,7 +10,9 @@ stream) is trained for ``--epochs`` epochs over ``--examples`` training examples
 
 - ``dense``: a plain PyTorch loop: the same layers as ``nn.Linear`` / ``nn.Conv2d`` without
   masks, the same optimizer (fused Adam), batches, example order and per-epoch validation pass;
-- ``wsn``: taskpack's training loop with WSN (top-c masks from scores every step);
+- ``wsn``: taskpack's training loop with WSN (top-c masks from scores every step), with the
+  fused CPU kernels (``pipeline/models/_kernels.c``) and, on the CPU, again without them
+  (``wsn-torch``: ``TASKPACK_KERNELS=torch``, the same numerics from torch ops);
 - ``tsn``: the same training with TSN, then its compression passes (pruning steps with
   validation, fine-tuning, k-means per bit-width) with the recipe's settings, timed apart;
 - on CUDA also ``wsn-bf16`` (autocast) and ``wsn-compile`` (``train.compile``).
@@ -26,12 +28,15 @@ Epochs early-stop never: the lr schedule is disabled (patience above the epochs)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +51,8 @@ sys.path.insert(0, str(REPO))
 from pipeline.compress import PlanCompressor  # noqa: E402
 from pipeline.data import Task  # noqa: E402
 from pipeline.data.testing import write_fake_cifar100  # noqa: E402
-from pipeline.models import ContinualNet, MaskedConv2d, MaskedLinear  # noqa: E402
+from pipeline.models import ContinualNet, MaskedConv2d, MaskedLinear, kernel_name  # noqa: E402
+from pipeline.models._topc import threshold  # noqa: E402
 from pipeline.progress import QUIET  # noqa: E402
 from pipeline.recipe import Recipe, recipe_from_dict  # noqa: E402
 from pipeline.runner import prepare  # noqa: E402
@@ -215,6 +221,8 @@ def profile_step(name: str, threads: int, out: Path, reps: int = 20) -> dict[str
             times.append(time.perf_counter() - start)
         return 1e3 * statistics.median(times)
 
+    s.model.set_frozen(phase.frozen)  # the gate of earlier tasks' positions, in backward
+
     def wsn_step() -> None:
         loss = F.cross_entropy(s.model(x, 0), y)
         opt.zero_grad(set_to_none=True)
@@ -233,21 +241,47 @@ def profile_step(name: str, threads: int, out: Path, reps: int = 20) -> dict[str
         opt.zero_grad(set_to_none=True)
         loss.backward()
 
-    from pipeline.models import topc_mask
-    return {"dense step": ms(dense_step), "dense optimizer": ms(dense_opt.step),
-            "wsn step": ms(wsn_step), "wsn forward+backward": ms(fwd_bwd),
-            "of which top-c masks": ms(lambda: [topc_mask(m.score, 0.15) for m in layers]),
-            "wsn optimizer (weights + scores)": ms(opt.step),
-            "gradient gate (after_backward)": ms(lambda: s.method.after_backward(0))}
+    parts = {"dense step": ms(dense_step), "dense optimizer": ms(dense_opt.step)}
+    for kernels in ("fused", "torch"):
+        with kernels_set(kernels):
+            parts |= {
+                f"[{kernels}] wsn step": ms(wsn_step),
+                f"[{kernels}] wsn forward+backward (gate included)": ms(fwd_bwd),
+                # with the layer's hint, as in training (a step moves scores a little: the
+                # repeated call here finds the threshold in the band at once)
+                f"[{kernels}] of which top-c thresholds":
+                    ms(lambda: [threshold(m.score, 0.15, m.hint) for m in layers]),
+                f"[{kernels}] of which top-c thresholds, no hint (full select)":
+                    ms(lambda: [threshold(m.score, 0.15) for m in layers]),
+            }
+    parts["wsn optimizer (weights + scores)"] = ms(opt.step)
+    s.model.set_frozen(None)
+    return parts
 
 
-def variants(device: str) -> list[tuple[str, dict, dict, bool]]:
-    """(row name, method section, extra train settings, run the compression passes)."""
+@contextlib.contextmanager
+def kernels_set(kernels: str) -> Iterator[None]:
+    """``fused``: the C kernels of masked training (when built); ``torch``: torch ops only."""
+    before = os.environ.pop("TASKPACK_KERNELS", None)
+    if kernels == "torch":
+        os.environ["TASKPACK_KERNELS"] = "torch"
+    try:
+        yield
+    finally:
+        os.environ.pop("TASKPACK_KERNELS", None)
+        if before is not None:
+            os.environ["TASKPACK_KERNELS"] = before
+
+
+def variants(device: str) -> list[tuple[str, dict, dict, bool, str]]:
+    """(row name, method section, extra train settings, run the compression passes, kernels)."""
     wsn = {"kind": "wsn", "density": 0.15}
-    rows = [("wsn", wsn, {}, False), ("tsn", TSN, {}, True)]
+    rows = [("wsn", wsn, {}, False, "fused"), ("tsn", TSN, {}, True, "fused")]
+    if device == "cpu":
+        rows += [("wsn-torch", wsn, {}, False, "torch")]
     if device == "cuda":
-        rows += [("wsn-bf16", wsn, {"precision": "bf16"}, False),
-                 ("wsn-compile", wsn, {"compile": True}, False)]
+        rows += [("wsn-bf16", wsn, {"precision": "bf16"}, False, "fused"),
+                 ("wsn-compile", wsn, {"compile": True}, False, "fused")]
     return rows
 
 
@@ -266,10 +300,11 @@ def bench_one(name: str, device: str, threads: int, examples: int, epochs: int,
               "flops_per_epoch": flops}
     rows.append({**common, "variant": "dense", "s_per_epoch": dense, "ratio": 1.0})
     print(_line(rows[-1]), flush=True)
-    for variant, method, extra, compress in variants(device):
+    for variant, method, extra, compress, kernels in variants(device):
         recipe = recipe_for(name, method, device, threads, examples, epochs, out, **extra)
         s = prepare(recipe, fresh=True)
-        per_epoch, comp = masked_epochs(s, s.load_task(0), compress)
+        with kernels_set(kernels):
+            per_epoch, comp = masked_epochs(s, s.load_task(0), compress)
         row = {**common, "variant": variant, "s_per_epoch": per_epoch,
                "ratio": per_epoch / dense}
         if compress:
@@ -324,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp)
         if "cnn" in args.configs:  # random images the size of CIFAR-100 (500 a class)
             write_fake_cifar100(out / "cifar", train_per_class=500, test_per_class=100)
-        print(f"# {platform.machine()}, torch {torch.__version__}, device {args.device}"
+        print(f"# {platform.machine()}, torch {torch.__version__}, device {args.device}, "
+              f"masked-training kernels: {kernel_name()}"
               + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
         print("| config | batch | device | threads | variant | s/epoch | vs dense | "
               "GFLOP/epoch | GFLOP/s |")

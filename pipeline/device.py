@@ -17,6 +17,7 @@ import torch
 
 from compilers.threads import all_cores
 from pipeline.errors import InputError
+from pipeline.models import kernel_name
 from pipeline.recipe import TrainConfig
 
 __all__ = ["TrainDevice", "apply_settings", "resolve_device"]
@@ -46,7 +47,8 @@ class TrainDevice:
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
             return f"cuda ({name}){', bf16' if self.bf16 else ''}"
-        return f"cpu, {self.threads} thread(s){', bf16' if self.bf16 else ''}"
+        return (f"cpu, {self.threads} thread(s){', bf16' if self.bf16 else ''}, "
+                f"{kernel_name()} masked-training kernels")
 
 
 def resolve_device(cfg: TrainConfig) -> TrainDevice:

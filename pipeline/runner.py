@@ -222,7 +222,10 @@ def _one_task(s: Session, t: int, name: str, result: RunResult, child: Run, bars
     baseline = baseline_accuracy(s, task)
     report, before = stage_train(s, task, bars, compressor.resume_trained)
     masks = s.method.end_task(t)
+    start = time.perf_counter()
     compressed = compressor.compress(s, TaskContext(task, masks, bars, child))
+    # wall seconds of compressing (the passes, or the whole search), next to train_seconds
+    stats = compressed.stats | {"compress_seconds": time.perf_counter() - start}
     save_state_before_commit(s, t + 1)
     commit_task(s, task, compressed, task_tensors(s.model, t))
     # every evaluation from here on runs on weights rebuilt from the file on disk
@@ -233,7 +236,7 @@ def _one_task(s: Session, t: int, name: str, result: RunResult, child: Run, bars
     acc_commit = evaluate_snapshot(s.model, snap, t, task.test, bs)[0]
     val_acc = evaluate_snapshot(s.model, snap, t, task.val, bs)[0]
     row, inferred = stage_evaluate(s, t)
-    rec = TaskRecord(t, name, report, masks, acc_commit, val_acc, compressed.stats)
+    rec = TaskRecord(t, name, report, masks, acc_commit, val_acc, stats)
     result.tasks.append(rec)
     result.matrix.add_row(row, inferred)
     result.matrix.before.append(before)

@@ -93,10 +93,12 @@ def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase:
     phase.mode.apply(model)
     cost.probe(model, task, data.train.x[:2])
     plugins.begin_phase(phase)
+    model.set_frozen(phase.frozen)
     try:
         return _train_epochs(method, task, data, cfg, phase, gen, bars, dev, plugins, cost,
                              forward, start)
     finally:
+        model.set_frozen(None)
         plugins.end_phase()
 
 

@@ -67,8 +67,10 @@ class Phase:
     """One stretch of training with its own optimizer.
 
     ``epochs`` None means ``train.epochs``; ``lr`` None means ``train.lr``; ``optimizer`` None
-    means ``train.optimizer``. Tensors a phase must
-    not change belong in no group (or get their gradient zeroed in ``after_backward``). Give each
+    means ``train.optimizer``. Tensors a phase must not change belong in no group; positions of
+    a masked layer's weight that must not change go in ``frozen`` (layer name -> bool tensor of
+    the weight's shape): their gradient is zero, set in the layer's backward (cheaper than
+    zeroing it in ``after_backward``, which remains for other gates). Give each
     phase new group dicts: an optimizer writes its lr into the dicts it is given, so a dict
     reused by a later phase would carry the earlier phase's (decayed) lr.
     """
@@ -79,6 +81,7 @@ class Phase:
     epochs: int | None = None
     lr: float | None = None
     optimizer: Literal["adam", "sgd", "rmsprop"] | None = None
+    frozen: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

@@ -159,11 +159,13 @@ class ExSSNeT(WSN):
             yield from self.rewired(Phase(
                 "weights", [{"params": weights, "weight_decay": 0.0},
                             {"params": scores, "weight_decay": 0.0}, {"params": own}],
-                MaskMode("scores", self.density), epochs=self.cfg.weight_epochs))
+                MaskMode("scores", self.density), epochs=self.cfg.weight_epochs,
+                frozen=self.frozen))
             return
         masks = {n: topc_mask(m.score, self.density) for n, m in layers.items()}
         yield Phase("weights", [{"params": weights, "weight_decay": 0.0}, {"params": own}],
-                    MaskMode("mask", masks=masks), epochs=self.cfg.weight_epochs)
+                    MaskMode("mask", masks=masks), epochs=self.cfg.weight_epochs,
+                    frozen=self.frozen)
 
     def end_task(self, task: int) -> TaskMasks:
         masks = super().end_task(task)

@@ -91,14 +91,15 @@ class PackNet(Method):
             return [{"params": [m.weight for m in layers.values()], "weight_decay": 0.0},
                     {"params": own_tensors}]
 
-        yield Phase("train", groups(), MaskMode("dense"))
+        yield Phase("train", groups(), MaskMode("dense"), frozen=self.held)
         self.prune(task)
         pruned = any(self.fractions[n] > 0 for n in layers)
         epochs = self.cfg.retrain_epochs
         if pruned and epochs != 0:
             lr = None if self.recipe is None else self.recipe.train.lr * self.cfg.retrain_lr_scale
             keep = {n: self.held[n] | self.survivors[n] for n in layers}
-            yield Phase("retrain", groups(), MaskMode("mask", masks=keep), epochs=epochs, lr=lr)
+            yield Phase("retrain", groups(), MaskMode("mask", masks=keep), epochs=epochs, lr=lr,
+                        frozen=self.held)
 
     def prune(self, task: int) -> None:
         """Prune the task's own weights per layer by magnitude; pruned weights become 0."""
@@ -108,11 +109,6 @@ class PackNet(Method):
                 keep = prune_smallest(layer.weight, own, self.fractions[name])
                 layer.weight.masked_fill_(own & ~keep, 0.0)
                 self.survivors[name] = keep
-
-    def after_backward(self, task: int) -> None:
-        for name, layer in self.model.masked_layers().items():
-            if layer.weight.grad is not None:
-                layer.weight.grad.masked_fill_(self.held[name], 0.0)
 
     def end_task(self, task: int) -> TaskMasks:
         if not self.survivors:  # phases were not run to the end

@@ -73,7 +73,7 @@ class WSN(Method):
             {"params": [m.score for m in layers], "weight_decay": 0.0},
             {"params": own},
         ]
-        phase = Phase("train", groups, self.eval_mode(task))
+        phase = Phase("train", groups, self.eval_mode(task), frozen=self.frozen)
         return [phase] if self.rigl is None else self.rewired(phase)
 
     def rewired(self, phase: Phase) -> Iterator[Phase]:
@@ -93,11 +93,6 @@ class WSN(Method):
     def after_step(self, task: int) -> None:
         if self.rigl is not None:
             self.rigl.after_step()
-
-    def after_backward(self, task: int) -> None:
-        for name, layer in self.model.masked_layers().items():
-            if layer.weight.grad is not None:
-                layer.weight.grad.masked_fill_(self.frozen[name], 0.0)
 
     def end_task(self, task: int) -> TaskMasks:
         mask, own, shared = {}, {}, {}

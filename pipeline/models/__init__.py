@@ -13,12 +13,11 @@ from pipeline.models._layers import (
     MaskedLinear,
     Mode,
     TaskBatchNorm,
-    kth_largest_radix,
-    kth_smallest,
     make_norm,
-    topc_mask,
 )
+from pipeline.models._native import kernel_name
 from pipeline.models._net import ContinualNet
+from pipeline.models._topc import kth_largest_radix, kth_smallest, topc_mask
 from pipeline.recipe import ModelConfig
 
 __all__ = [
@@ -29,6 +28,7 @@ __all__ = [
     "Mode",
     "TaskBatchNorm",
     "build_model",
+    "kernel_name",
     "kth_largest_radix",
     "kth_smallest",
     "make_norm",

@@ -89,6 +89,14 @@ class ContinualNet(nn.Module):
         for name, layer in self.masked_layers().items():
             layer.set_mode(mode, density, None if masks is None else masks[name])
 
+    def set_frozen(self, frozen: dict[str, torch.Tensor] | None) -> None:
+        """Positions of each masked layer whose weight gradient is zero (in the layer's
+        backward, whatever the mode); None: no layer has any. Layers missing from ``frozen``
+        have none."""
+        for name, layer in self.masked_layers().items():
+            f = None if frozen is None else frozen.get(name)
+            layer.frozen = None if f is None else f.to(layer.weight.device)
+
     def task_param_names(self, task: int) -> list[str]:
         """Names of the parameters and buffers that belong to ``task`` alone (head, own BN)."""
         prefixes = [f"heads.{task}."]
