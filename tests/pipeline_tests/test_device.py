@@ -7,6 +7,7 @@ figures of their last run on a GPU machine.
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from compilers.threads import all_cores
 from pipeline.cli import main
 from pipeline.compress import PlanCompressor
-from pipeline.device import resolve_device
+from pipeline.device import keep_freed_memory, resolve_device
 from pipeline.evaluation import committed_snapshot, snapshot_logits
 from pipeline.models import build_model
 from pipeline.recipe import Recipe, TrainConfig, recipe_from_dict
@@ -121,3 +122,9 @@ def test_deterministic_gpu_runs_write_identical_stores(tmp_path: Path) -> None:
     a = _assert_no_forgetting(_recipe(tmp_path / "a", device="cuda", deterministic=True))
     b = _assert_no_forgetting(_recipe(tmp_path / "b", device="cuda", deterministic=True))
     assert a.path.read_bytes() == b.path.read_bytes()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_cpu_training_keeps_freed_memory_for_reuse() -> None:
+    # the setting is process-wide and idempotent; glibc accepts both parameters
+    assert keep_freed_memory() is True
