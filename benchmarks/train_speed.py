@@ -14,7 +14,10 @@ stream) is trained for ``--epochs`` epochs over ``--examples`` training examples
   fused CPU kernels (``pipeline/models/_kernels.c``) and, on the CPU, again without them
   (``wsn-torch``: ``TASKPACK_KERNELS=torch``, the same numerics from torch ops);
 - ``tsn``: the same training with TSN, then its compression passes (pruning steps with
-  validation, fine-tuning, k-means per bit-width) with the recipe's settings, timed apart;
+  validation, fine-tuning, k-means per bit-width) with the recipe's settings, timed apart. Their
+  share is of a task of this benchmark's size: the passes evaluate the full validation split
+  (10 % of the training data) ~16 times, so with ``--examples`` far below the task's training
+  set the share is far above a real run's (``benchmarks/pmnist.py`` prints the real one);
 - on CUDA also ``wsn-bf16`` (autocast) and ``wsn-compile`` (``train.compile``).
 
 It prints steady seconds per epoch (the mean of the epochs after the first), the ratio to the
@@ -322,7 +325,7 @@ def _line(r: dict) -> str:
     if "compress_s" in r:
         extra = (f" | compress {r['compress_s']:.2f} s = "
                  f"{100 * r['compress_share_at_recipe_epochs']:.1f}% of a "
-                 f"{r['recipe_epochs']}-epoch task")
+                 f"{r['recipe_epochs']}-epoch task of {r['examples']:,} training examples")
     return (f"| {r['config']} | b{r['batch']} | {r['device']} | {r['threads']} | "
             f"{r['variant']} | {r['s_per_epoch']:.3f} | {r['ratio']:.2f}x | "
             f"{r['flops_per_epoch'] / 1e9:.1f} | {tput:.1f}{extra} |")
