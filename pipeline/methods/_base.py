@@ -72,7 +72,8 @@ class Phase:
     the weight's shape): their gradient is zero, set in the layer's backward (cheaper than
     zeroing it in ``after_backward``, which remains for other gates). Give each
     phase new group dicts: an optimizer writes its lr into the dicts it is given, so a dict
-    reused by a later phase would carry the earlier phase's (decayed) lr.
+    reused by a later phase would carry the earlier phase's (decayed) lr. (The trainer merges
+    groups with equal settings into new dicts, ``merge_groups``: one optimizer pass for all.)
     """
 
     name: str

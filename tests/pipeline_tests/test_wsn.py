@@ -9,7 +9,7 @@ from pipeline.evaluation import evaluate_live, snapshot_logits
 from pipeline.methods import WSN
 from pipeline.models import topc_mask
 from pipeline.recipe import TrainConfig, WSNMethod
-from pipeline.train import train_task
+from pipeline.train import make_optimizer, merge_groups, train_task
 from tests.pipeline_tests._tiny import tiny_mlp, tiny_task
 
 CFG = TrainConfig(lr=0.01, epochs=3, batch_size=16, eval_batch_size=32)
@@ -105,3 +105,38 @@ def test_tasks_must_come_in_order_and_snapshot_needs_an_ended_task() -> None:
         method.begin_task(1)
     with pytest.raises(IndexError, match="task 0 has not ended"):
         method.snapshot(0)
+
+
+def _unmerged(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """make_optimizer's optimizer with the groups as given."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, fused=True)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.RMSprop(groups, lr=cfg.lr)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])
+def test_merged_param_groups_step_exactly_like_separate_ones(optimizer: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(30, 20, generator=g) for _ in range(5)]
+    grads = [[torch.randn(30, 20, generator=g) for _ in tensors] for _ in range(4)]
+    cfg = TrainConfig(lr=0.01, optimizer=optimizer, momentum=0.9)
+    results = []
+    for merge in (True, False):
+        params = [t.clone().requires_grad_() for t in tensors]
+        groups = [{"params": params[:2], "weight_decay": 0.0}, {"params": params[2:4],
+                  "weight_decay": 0.0}, {"params": params[4:]}]
+        assert len(merge_groups(groups)) == 1
+        opt = make_optimizer(groups, cfg) if merge else _unmerged(groups, cfg)
+        for step in grads:
+            for p, gr in zip(params, step, strict=True):
+                p.grad = gr.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    # different settings stay apart, and the caller's dicts are not changed
+    groups = [{"params": [tensors[0]], "lr": 0.1}, {"params": [tensors[1]]}]
+    assert [len(m["params"]) for m in merge_groups(groups)] == [1, 1]
+    assert groups[1] == {"params": [tensors[1]]}
