@@ -30,7 +30,7 @@ class MaskedWeight(torch.autograd.Function):
         ctx.save_for_backward(w, s)
         ctx.t, ctx.mask, ctx.frozen = t, mask, frozen
         lib = library()
-        if lib is not None and fusable(w, s, mask) and w.dtype == torch.float32:
+        if lib is not None and fusable([w, s], [mask]):
             out = torch.empty_like(w)
             lib.tp_masked_weight(w.data_ptr(), ptr(s), ptr(mask), _t(t), out.data_ptr(),
                                  w.numel(), torch.get_num_threads())
@@ -45,7 +45,7 @@ class MaskedWeight(torch.autograd.Function):
         want_s = s is not None and mask is None and ctx.needs_input_grad[1]
         g = g.contiguous()
         lib = library()
-        if lib is not None and fusable(g, w, s, mask, frozen) and w.dtype == torch.float32:
+        if lib is not None and fusable([g, w, s], [mask, frozen]):
             gw = torch.empty_like(w) if want_w else None
             gs = torch.empty_like(w) if want_s else None
             if want_w or want_s:

@@ -104,10 +104,14 @@ def kernel_name() -> str:
     return "fused-c" if library() is not None else "torch"
 
 
-def fusable(*tensors: torch.Tensor | None) -> bool:
-    return all(t is None or (t.device.type == "cpu" and t.is_contiguous()
-                             and t.dtype in (torch.float32, torch.bool))
-               for t in tensors)
+def fusable(floats: list[torch.Tensor | None], bools: list[torch.Tensor | None]) -> bool:
+    """Whether the kernels can take these tensors: on the CPU, contiguous, float32 where the C
+    code reads floats and bool where it reads bytes (None: not passed)."""
+    def ok(t: torch.Tensor | None, dtype: torch.dtype) -> bool:
+        return t is None or (t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous())
+
+    return (all(ok(t, torch.float32) for t in floats)
+            and all(ok(t, torch.bool) for t in bools))
 
 
 def ptr(t: torch.Tensor | None) -> int | None:
@@ -120,7 +124,7 @@ def kth_largest_abs(s: torch.Tensor, k: int,
     ``s`` (the caller uses torch), or, with ``near = (lo, hi)``, when the answer is not in
     [lo, hi] (the caller searches everything)."""
     lib = library()
-    if lib is None or not fusable(s) or s.dtype != torch.float32:
+    if lib is None or not fusable([s], []):
         return None
     if near is None:
         value = lib.tp_kth_largest_abs(s.data_ptr(), s.numel(), k, torch.get_num_threads())

@@ -194,3 +194,15 @@ def test_a_layer_keeps_finding_the_exact_mask_while_its_scores_move(kernels: str
         opt.step()
     if kernels == "fused":
         assert layer.hint.hits > 0 and layer.hint.t is not None
+
+
+def test_tensors_the_kernels_cannot_read_take_the_torch_path(kernels: str) -> None:
+    # a float mask, a float64 weight, a non-contiguous weight: the C code reads only
+    # contiguous float32 and bool; anything else must not reach it
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(40, 30, generator=g)
+    mask = (torch.rand(40, 30, generator=g) < 0.5)
+    assert torch.equal(masked_weight(w, None, None, mask.float(), None), w * mask)
+    assert torch.equal(masked_weight(w.double(), None, None, mask, None), w.double() * mask)
+    wt = torch.randn(30, 40, generator=g).t()
+    assert torch.equal(masked_weight(wt, None, None, mask, None), wt * mask)
