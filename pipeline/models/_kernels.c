@@ -20,7 +20,6 @@
 #include <immintrin.h>
 #endif
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,28 +79,15 @@ static int clamp_threads(int threads, int64_t n) {
     return threads;
 }
 
-/* Runs fn(jobs[0..threads)) in parallel. Built with OpenMP (the default), the jobs run on the
- * libgomp thread pool that PyTorch's CPU ops use: the process loads one libgomp, so its
- * threads, still spinning after the last matmul, pick the jobs up at once. POSIX threads of
- * our own would compete with them for the cores (measured: a gradient pass took 4.5 ms with
- * two of them after a matmul against 3.0 ms alone). Without OpenMP: one POSIX thread per job
- * beyond the first (the calling thread does job 0; a job whose thread could not start runs
- * here too). */
+/* Runs fn(jobs[0..threads)) in parallel on the libgomp thread pool that PyTorch's CPU ops use
+ * (the library is built with -fopenmp and the process loads one libgomp), so its threads,
+ * still spinning after the last matmul, pick the jobs up at once. POSIX threads of our own
+ * competed with them for the cores (measured: a gradient pass took 4.5 ms with two of them
+ * after a matmul against 3.0 ms alone). A compiler without OpenMP ignores the pragma and runs
+ * the jobs one after another. */
 static void run_jobs(void *(*fn)(void *), void *jobs, size_t job_size, int threads) {
-#ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int t = 0; t < threads; t++) fn((char *)jobs + t * job_size);
-#else
-    pthread_t tid[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 1; t < threads; t++)
-        started[t] = pthread_create(&tid[t], NULL, fn, (char *)jobs + t * job_size) == 0;
-    fn(jobs);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(tid[t], NULL);
-        else fn((char *)jobs + t * job_size);
-    }
-#endif
 }
 
 /* Histogram of pass `pass` summed over threads into out[bins]; 0, or -1 if memory ran out. */
@@ -265,20 +251,24 @@ typedef struct {
  * branch inside a loop (each case of mask/scores/frozen is its own loop), compares turned
  * into 0/1 floats. m is mask[i] if a mask is given, else |s[i]| >= t, else 1. */
 
+/* out = x * m over n values */
+static inline void times_mask(const float *restrict x, const float *restrict s,
+                              const uint8_t *restrict mask, float t, float *restrict out,
+                              int64_t n) {
+    if (mask) {
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] * (float)(mask[i] != 0);
+    } else if (s) {
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] * (float)(fabsf(s[i]) >= t);
+    } else {
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] * 1.0f;
+    }
+}
+
 static void *weight_run(void *arg) {
     elem_job *j = (elem_job *)arg;
-    const float *restrict w = j->w + j->lo, *restrict s = j->s ? j->s + j->lo : NULL;
-    const uint8_t *restrict mask = j->mask ? j->mask + j->lo : NULL;
-    float *restrict out = j->out + j->lo;
-    const float t = j->t;
-    const int64_t n = j->hi - j->lo;
-    if (mask) {
-        for (int64_t i = 0; i < n; i++) out[i] = w[i] * (float)(mask[i] != 0);
-    } else if (s) {
-        for (int64_t i = 0; i < n; i++) out[i] = w[i] * (float)(fabsf(s[i]) >= t);
-    } else {
-        for (int64_t i = 0; i < n; i++) out[i] = w[i] * 1.0f;
-    }
+    const int64_t lo = j->lo;
+    times_mask(j->w + lo, j->s ? j->s + lo : NULL, j->mask ? j->mask + lo : NULL, j->t,
+               j->out + lo, j->hi - lo);
     return NULL;
 }
 
@@ -301,13 +291,7 @@ static void *grad_run(void *arg) {
         return NULL;
     }
     if (gw) {
-        if (mask) {
-            for (int64_t i = 0; i < n; i++) gw[i] = g[i] * (float)(mask[i] != 0);
-        } else if (s) {
-            for (int64_t i = 0; i < n; i++) gw[i] = g[i] * (float)(fabsf(s[i]) >= t);
-        } else {
-            for (int64_t i = 0; i < n; i++) gw[i] = g[i] * 1.0f;
-        }
+        times_mask(g, s, mask, t, gw, n);
         if (frozen) /* masked_fill: +0.0 at frozen positions */
             for (int64_t i = 0; i < n; i++) gw[i] = frozen[i] ? 0.0f : gw[i];
     }

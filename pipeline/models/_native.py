@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("_kernels.c")
 # -fopenmp: the kernels share PyTorch's libgomp thread pool (see run_jobs in _kernels.c)
-_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-fopenmp"]
+_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp"]
 _UNSET = object()
 _LIB: object = _UNSET  # ctypes.CDLL, None (unavailable) or _UNSET (not tried yet)
 
