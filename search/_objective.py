@@ -87,7 +87,7 @@ class TaskProblem:
     reference_accuracy: float  # validation accuracy of the uncompressed task
     example: torch.Tensor  # one batch at the latency batch size
     latency_fn: LatencyFn
-    finetune_epochs: int = 0
+    finetune_epochs: float = 0
     lr: float = 1e-4
     batch_size: int = 128
     seed: int = 0

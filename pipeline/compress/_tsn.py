@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pipeline.compress._patterns import Pattern, prune_step
 from pipeline.data import Split, Task
 from pipeline.evaluation import evaluate_snapshot
-from pipeline.models import ContinualNet
+from pipeline.models import ContinualNet, masked_weight
 from pipeline.progress import QUIET, Bars
 from pipeline.recipe import LayerPlan
 from pipeline.store import fit_codebook
@@ -140,37 +140,42 @@ def prune(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[str,
     return ctx.accuracy(layers)
 
 
-def finetune_own(ctx: CompressContext, layers: dict[str, LayerResult], epochs: int, lr: float,
+def finetune_own(ctx: CompressContext, layers: dict[str, LayerResult], epochs: float, lr: float,
                  batch_size: int, seed: int) -> None:
-    """Retrain own values with masks fixed; shared and pruned positions do not move."""
+    """Retrain own values with masks fixed; shared and pruned positions do not move.
+
+    ``epochs`` may be fractional: training stops after ``ceil(epochs * batches per epoch)``
+    batches of the shuffled order (a search trial fine-tunes a quarter epoch, say). The masked
+    weight and the own-positions gate are one fused node (``masked_weight``), Adam is fused.
+    """
     if epochs <= 0:
         return
     names = list(layers)
     params = {n: layers[n].values.clone().requires_grad_(True) for n in names}
+    frozen = {n: ~layers[n].own for n in names}  # only own positions learn
     # the task's parameters (head, BN affine) learn; its buffers (BN running stats) do not
     trainable = dict(ctx.model.named_parameters())
     head = {k: v.clone().requires_grad_(k in trainable) for k, v in ctx.task_tensors.items()}
     opt = torch.optim.Adam([*params.values(), *(v for v in head.values() if v.requires_grad)],
-                           lr=lr)
+                           lr=lr, fused=True)
     gen = torch.Generator().manual_seed(seed)
     model, train = ctx.model, ctx.data.train
+    steps = max(1, math.ceil(epochs * math.ceil(len(train) / batch_size)))
     model.train()
     model.set_mode("dense")
-    for _ in range(epochs):
+    while steps > 0:
         order = torch.randperm(len(train), generator=gen).to(train.x.device)
-        for i in range(0, len(order), batch_size):
+        for i in range(0, min(len(order), steps * batch_size), batch_size):
             idx = order[i:i + batch_size]
-            state = {f"{n}.weight": params[n] * layers[n].mask for n in names} | head
+            state = {f"{n}.weight": masked_weight(params[n], None, None, layers[n].mask, frozen[n])
+                     for n in names} | head
             out = torch.func.functional_call(model, state, (train.x[idx],), {"task": ctx.task},
                                              strict=False)
             loss = F.cross_entropy(out, train.y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            for n in names:
-                grad = params[n].grad
-                assert grad is not None  # every param is in the graph of `loss`
-                grad.mul_(layers[n].own)  # only own positions learn
             opt.step()
+        steps -= math.ceil(len(order) / batch_size)
     with torch.no_grad():
         for n in names:
             layers[n].values = torch.where(layers[n].own, params[n].detach(), layers[n].values)

@@ -7,6 +7,7 @@ import json
 
 from pipeline.errors import RecipeError
 from pipeline.models._archs import ALEXNET_WIDTHS, _flat_size, alexnet, mlp, resnet18, tinynet
+from pipeline.models._fused import masked_weight
 from pipeline.models._layers import (
     MaskedConv2d,
     MaskedLayer,
@@ -32,6 +33,7 @@ __all__ = [
     "kth_largest_radix",
     "kth_smallest",
     "make_norm",
+    "masked_weight",
     "model_fingerprint",
     "topc_mask",
 ]

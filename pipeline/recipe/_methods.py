@@ -29,8 +29,9 @@ class PruneConfig(_Section):
                        description="pruning steps, round-robin over layers")
     step_fraction: float = Field(default=0.2, gt=0, le=1,
                                  description="fraction of a layer's own weights one step removes")
-    finetune_epochs: int = Field(default=1, ge=0, le=10_000,
-                                 description="retrain surviving own weights after pruning")
+    finetune_epochs: float = Field(
+        default=1, ge=0, le=10_000,
+        description="retrain surviving own weights after pruning, epochs (fractions allowed)")
 
 
 class QuantizeConfig(_Section):

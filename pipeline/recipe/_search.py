@@ -131,8 +131,10 @@ class SearchConfig(_Section):
         description="registered search objectives (built in: accuracy, latency, bytes)")
     constraints: SearchConstraints = SearchConstraints()
     selection: SelectionConfig = SelectionConfig()
-    finetune_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS,
-                                 description="own-weight fine-tune per trial")
+    finetune_epochs: float = Field(
+        default=0, ge=0, le=MAX_EPOCHS,
+        description="own-weight fine-tune per trial, epochs; a fraction trains that share of "
+        "one epoch's batches")
     warm_start: bool = Field(default=True,
                              description="task t's first trial is task t-1's chosen plan")
     latency_batch: int = Field(

@@ -66,6 +66,17 @@ def test_finetuning_trains_own_weights_and_norm_affine_but_not_running_stats() -
     assert any(not torch.equal(r.values, before[n]) for n, r in layers.items())
 
 
+def test_fractional_finetuning_trains_that_share_of_an_epochs_batches() -> None:
+    model, _, layers, ctx = _trained()  # 192 training examples: 12 batches of 16 an epoch
+    batches: list[int] = []
+    hook = model.register_forward_pre_hook(lambda *_: batches.append(1))
+    for epochs, want in [(0.25, 3), (0.01, 1), (1.5, 18), (2, 24)]:
+        batches.clear()
+        finetune_own(ctx, layers, epochs=epochs, lr=0.01, batch_size=16, seed=0)
+        assert len(batches) == want, epochs
+    hook.remove()
+
+
 def test_pruning_with_zero_tolerance_rejects_harmful_steps() -> None:
     _, _, layers, ctx = _trained()
     a0 = ctx.accuracy(layers)
