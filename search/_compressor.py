@@ -21,7 +21,7 @@ from pipeline.subnet import is_chain
 from pipeline.targets import find_target
 from search._objective import LatencyFn, TaskProblem
 from search._publish import publish_task, retract_task
-from search._space import previous_plan, resolve_space
+from search._space import LayerSpace, previous_plan, resolve_space
 from search.objectives import resolve
 
 __all__ = ["SearchCompressor"]
@@ -112,6 +112,34 @@ class SearchCompressor(Compressor):
                  "again)", task, at, path)
         return True
 
+    def task_space(self, s: Session) -> dict[str, LayerSpace]:
+        """The plan space of every masked layer; a method whose tasks hold no own values
+        (masks only) has no bits to choose."""
+        return resolve_space(self.recipe.search.space, list(s.model.masked_layers()),
+                             bits=None if self.recipe.method.stores_own_values else (32,))
+
+    def task_problem(self, s: Session, ctx: TaskContext,
+                     space: dict[str, LayerSpace]) -> TaskProblem:
+        """Everything a trial of task ``ctx.index`` needs, built once per task."""
+        recipe, t, cfg = s.recipe, ctx.index, s.recipe.search
+        trained = trained_layers(s.method, t, ctx.masks)
+        cctx = CompressContext(s.model, t, task_tensors(s.model, t), ctx.task,
+                               recipe.train.eval_batch_size)
+        narrow = sorted({b for sp in space.values() for b in sp.bits if b < 32})
+        return TaskProblem(
+            cctx, trained, s.store, layers_on_held_positions(trained, s.store.union_mask()),
+            cctx.accuracy(trained),
+            example=ctx.task.val.x[: cfg.latency_batch].cpu().contiguous(),
+            latency_fn=self.latency_fn, finetune_epochs=cfg.finetune_epochs,
+            lr=cfg.finetune_lr or recipe.train.lr / 10, batch_size=recipe.train.batch_size,
+            seed=recipe.train.seed + t, quant_fallback=tuple(narrow) or (8,),
+            labels_fn=self._labels(self.target_cfg, s.model.layer_shapes(),
+                                   chain=is_chain(s.model)),
+            target=describe_target(self.target_cfg),
+            run_tags={"taskpack.task": str(t), "taskpack.task_name": ctx.task.name,
+                      "taskpack.target": self.target_cfg.name,
+                      "taskpack.method": recipe.method.kind})
+
     def compress(self, session: Session, ctx: TaskContext) -> Compressed:
         from search._driver import search_task
         from search._study import study_name
@@ -122,26 +150,9 @@ class SearchCompressor(Compressor):
                               "tasks as trained (its compression() is None), so there is no "
                               "plan to search")
         cfg = recipe.search
-        trained = trained_layers(s.method, t, ctx.masks)
-        cctx = CompressContext(s.model, t, task_tensors(s.model, t), ctx.task,
-                               recipe.train.eval_batch_size)
-        reference = cctx.accuracy(trained)
-        # a method whose tasks hold no own values (masks only) has no bits to choose
-        space = resolve_space(cfg.space, list(trained),
-                              bits=None if recipe.method.stores_own_values else (32,))
-        narrow = sorted({b for sp in space.values() for b in sp.bits if b < 32})
-        problem = TaskProblem(
-            cctx, trained, s.store, layers_on_held_positions(trained, s.store.union_mask()),
-            reference, example=ctx.task.val.x[: cfg.latency_batch].cpu().contiguous(),
-            latency_fn=self.latency_fn, finetune_epochs=cfg.finetune_epochs,
-            lr=recipe.train.lr / 10, batch_size=recipe.train.batch_size,
-            seed=recipe.train.seed + t, quant_fallback=tuple(narrow) or (8,),
-            labels_fn=self._labels(self.target_cfg, s.model.layer_shapes(),
-                                   chain=is_chain(s.model)),
-            target=describe_target(self.target_cfg),
-            run_tags={"taskpack.task": str(t), "taskpack.task_name": ctx.task.name,
-                      "taskpack.target": self.target_cfg.name,
-                      "taskpack.method": recipe.method.kind})
+        space = self.task_space(s)
+        problem = self.task_problem(s, ctx, space)
+        reference = problem.reference_accuracy
         folder = s.run_dir / "search"
         # workers (taskpack search --worker) start from the published task
         outcome = search_task(problem, cfg, space, ctx.run, folder / f"task-{t}.journal",

@@ -108,9 +108,8 @@ class TaskProblem:
         # nothing pruned (the dense reference): nothing to recover, the task stays as trained
         if self.finetune_epochs and any(p.sparsity > 0 for p in plans.values()):
             finetune_own(ctx, layers, self.finetune_epochs, self.lr, self.batch_size, self.seed)
-        quantize(ctx, layers, plans, list(self.quant_fallback), delta=math.inf, adaptive=False,
-                 required=self.split_layers)
-        acc = ctx.accuracy(layers)
+        acc = quantize(ctx, layers, plans, list(self.quant_fallback), delta=math.inf,
+                       adaptive=False, required=self.split_layers)
         self.ctx.evaluations += ctx.evaluations
         return layers, ctx.task_tensors, acc
 

@@ -191,8 +191,13 @@ def quantize(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[s
     Layers in ``required`` may not stay fp32 (their own codes share positions with earlier
     tasks' codes, so they must fit the free bits): if no width passes, the widest candidate is
     used and the drop it costs is what the accuracy after this stage reports.
+
+    Candidates are evaluated only when accuracy decides (``adaptive`` with a finite
+    ``delta``); otherwise each layer takes its first width and the one evaluation is the
+    returned accuracy (a search trial: 1 pass over the validation split instead of 2 + layers).
     """
-    a_p = ctx.accuracy(layers)
+    decides = adaptive and math.isfinite(delta)
+    a_p = ctx.accuracy(layers) if decides else math.nan
     order = sorted(layers, key=lambda n: -int(layers[n].own.sum()))
     with bars.bar(f"task {ctx.task} quantizing", len(order)) as bar:
         for name in order:
@@ -212,8 +217,9 @@ def quantize(ctx: CompressContext, layers: dict[str, LayerResult], plans: dict[s
                 codebook, codes = codebook.to(original.device), codes.to(original.device)
                 values = original.clone()
                 values[r.own] = codebook[codes]
-                acc = ctx.accuracy({**layers, name: LayerResult(r.mask, r.own, values)})
-                if not adaptive or a_p - acc <= delta or (must and b == bits_list[-1]):
+                if (not decides or (must and b == bits_list[-1])
+                        or a_p - ctx.accuracy({**layers, name: LayerResult(r.mask, r.own,
+                                                                           values)}) <= delta):
                     r.values, r.bits, r.codebook = values, b, codebook
                     break
             bars.advance(bar, info=f"{name}: {r.bits} bits")

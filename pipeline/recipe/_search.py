@@ -135,6 +135,9 @@ class SearchConfig(_Section):
         default=0, ge=0, le=MAX_EPOCHS,
         description="own-weight fine-tune per trial, epochs; a fraction trains that share of "
         "one epoch's batches")
+    finetune_lr: Annotated[float, Field(gt=0, le=10)] | None = Field(
+        default=None, description="Adam learning rate of the per-trial fine-tune; None: "
+        "train.lr / 10")
     warm_start: bool = Field(default=True,
                              description="task t's first trial is task t-1's chosen plan")
     latency_batch: int = Field(

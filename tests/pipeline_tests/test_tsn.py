@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pipeline.compress import (
@@ -75,6 +77,19 @@ def test_fractional_finetuning_trains_that_share_of_an_epochs_batches() -> None:
         finetune_own(ctx, layers, epochs=epochs, lr=0.01, batch_size=16, seed=0)
         assert len(batches) == want, epochs
     hook.remove()
+
+
+def test_quantization_evaluates_candidates_only_when_accuracy_decides() -> None:
+    _, _, layers, ctx = _trained()
+    fixed = {n: r.clone() for n, r in layers.items()}
+    plans = {n: LayerPlan(bits=4) for n in layers}
+    before = ctx.evaluations
+    acc = quantize(ctx, fixed, plans, [8], delta=math.inf, adaptive=False)
+    assert ctx.evaluations - before == 1  # the returned accuracy only
+    assert acc == ctx.accuracy(fixed) and all(r.bits == 4 for r in fixed.values())
+    before = ctx.evaluations
+    quantize(ctx, layers, plans, [2, 3, 4], delta=0.0, adaptive=True)
+    assert ctx.evaluations - before >= 2 + len(layers)  # a_p, a candidate per layer, the result
 
 
 def test_pruning_with_zero_tolerance_rejects_harmful_steps() -> None:

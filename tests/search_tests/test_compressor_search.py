@@ -82,3 +82,20 @@ class TestSearchCompressorSupSup(TestSearchCompressor):  # "SupSup + search": ma
             ids = group_ids(tuple(r.mask.shape), Pattern.parse("block(4,1)"), r.mask.device)
             # a removed position's whole 4x1 block is gone from the mask
             assert not torch.isin(ids[r.mask], ids[removed]).any()
+
+
+def test_trials_fine_tune_at_search_finetune_lr_else_a_tenth_of_train_lr(tmp_path) -> None:  # noqa: ANN001
+    from pipeline.recipe import recipe_from_dict
+    from tests.pipeline_tests._tiny import trained_tiny_session
+
+    for extra, want in [({}, 0.002 / 10), ({"finetune_lr": 0.003}, 0.003)]:
+        recipe = recipe_from_dict({
+            "name": "lr", "output_dir": str(tmp_path / "runs"),
+            "method": {"kind": "tsn", "density": 0.5}, "train": {"lr": 0.002},
+            "targets": [{"name": "host", "backend": "eager"}],
+            "search": {"enabled": True, "finetune_epochs": 0.5, **extra}})
+        s, ctx = trained_tiny_session(recipe, tmp_path / f"{want}.tpk", tmp_path / f"run{want}")
+        compressor = SearchCompressor(recipe, latency_fn=nonzeros_latency)
+        problem = compressor.task_problem(s, ctx, compressor.task_space(s))
+        assert problem.lr == want and problem.finetune_epochs == 0.5
+        assert problem.reference_accuracy == problem.ctx.accuracy(problem.trained)
