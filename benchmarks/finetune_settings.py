@@ -1,0 +1,110 @@
+"""Which per-trial fine-tune recovers the most for its cost (chooses ``search.finetune_*``).
+
+    .venv/bin/python benchmarks/finetune_settings.py --plans PARETO.csv [--recipe PATH]
+        [--settings 0.25:1e-4 0.5:1e-4 0.25:3e-4 0.25:1e-3 1:1e-4] [--threads 2]
+
+Trains task 0 of the recipe (its method and training settings), then applies each plan of
+``PARETO.csv`` (a search's ``search/task-<t>/pareto.csv``; the dense row is skipped) as a search
+trial does: prune without gating, fine-tune own weights for ``epochs`` at ``lr``, quantize to the
+plan's widths. Prints, per plan, the validation accuracy drop from the uncompressed task and the
+fine-tune seconds of each setting, then per setting how many plans stay within 0.5 point and the
+mean drop. Validation data only (10 % of the training split), never test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.compress import (  # noqa: E402
+    CompressContext,
+    finetune_own,
+    prune,
+    quantize,
+    task_tensors,
+    trained_layers,
+)
+from pipeline.data import build_stream  # noqa: E402
+from pipeline.device import keep_freed_memory  # noqa: E402
+from pipeline.methods import build_method  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
+from pipeline.recipe import LayerPlan, load_recipe  # noqa: E402
+from pipeline.train import train_task  # noqa: E402
+
+
+def read_plans(path: Path, layers: list[str]) -> list[dict[str, LayerPlan]]:
+    plans = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["dense"] == "True":
+                continue
+            p = json.loads(row["plan"])
+            plans.append({n: LayerPlan(sparsity=p[f"{n}.sparsity"], pattern=p[f"{n}.pattern"],
+                                       bits=p[f"{n}.bits"]) for n in layers})
+    return plans
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--plans", type=Path, required=True)
+    ap.add_argument("--recipe", default=str(REPO / "recipes/pmnist-mlp2000-x86.yaml"))
+    ap.add_argument("--settings", nargs="+", default=["0.25:1e-4", "0.5:1e-4", "0.25:3e-4",
+                                                      "0.25:1e-3", "1:1e-4"],
+                    help="epochs:lr pairs")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    settings = [(float(e), float(lr)) for e, lr in (s.split(":") for s in args.settings)]
+
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe)
+    stream = build_stream(recipe.benchmark)
+    task = stream.load(0)
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(recipe.model, stream.input_shape)
+    method = build_method(model, recipe)
+    model.add_task(task.num_classes)
+    method.begin_task(0, None, task)
+    start = time.perf_counter()
+    train_task(method, 0, task, recipe.train)
+    print(f"# task 0 trained in {time.perf_counter() - start:.0f} s", flush=True)
+    trained = trained_layers(method, 0, method.end_task(0))
+    base = CompressContext(model, 0, task_tensors(model, 0), task, recipe.train.eval_batch_size)
+    reference = base.accuracy(trained)
+    print(f"# uncompressed validation accuracy {reference:.2f}; drop (points) and fine-tune "
+          f"seconds per setting (epochs, lr): {settings}", flush=True)
+    drops: dict[tuple[float, float], list[float]] = {s: [] for s in settings}
+    for i, plan in enumerate(read_plans(args.plans, list(trained))):
+        cells = []
+        for epochs, lr in settings:
+            layers = {n: r.clone() for n, r in trained.items()}
+            ctx = copy.copy(base)
+            ctx.task_tensors = {k: v.clone() for k, v in base.task_tensors.items()}
+            prune(ctx, layers, plan, delta=math.inf, steps=len(plan), step_fraction=1.0,
+                  gated=False)
+            start = time.perf_counter()
+            finetune_own(ctx, layers, epochs, lr, recipe.train.batch_size, recipe.train.seed)
+            seconds = time.perf_counter() - start
+            acc = quantize(ctx, layers, plan, [8], delta=math.inf, adaptive=False,
+                           required=set(layers))
+            drops[(epochs, lr)].append(reference - acc)
+            cells.append(f"{reference - acc:5.2f} ({seconds:.1f} s)")
+        print(i, "  ".join(cells), flush=True)
+    for (epochs, lr), d in drops.items():
+        print(f"epochs {epochs} lr {lr}: {sum(x <= 0.5 for x in d)} of {len(d)} plans within "
+              f"0.5 point, mean drop {sum(d) / max(len(d), 1):.2f}")
+
+
+if __name__ == "__main__":
+    main()
