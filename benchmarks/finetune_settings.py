@@ -7,17 +7,15 @@ Trains task 0 of the recipe (its method and training settings), then applies eac
 ``PARETO.csv`` (a search's ``search/task-<t>/pareto.csv``; the dense row is skipped) as a search
 trial does: prune without gating, fine-tune own weights for ``epochs`` at ``lr``, quantize to the
 plan's widths. Prints, per plan, the validation accuracy drop from the uncompressed task and the
-fine-tune seconds of each setting, then per setting how many plans stay within 0.5 point and the
+trial seconds of each setting, then per setting how many plans stay within 0.5 point and the
 mean drop. Validation data only (10 % of the training split), never test.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,20 +25,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.compress import (  # noqa: E402
-    CompressContext,
-    finetune_own,
-    prune,
-    quantize,
-    task_tensors,
-    trained_layers,
-)
+from pipeline.compress import CompressContext, task_tensors, trained_layers  # noqa: E402
 from pipeline.data import build_stream  # noqa: E402
 from pipeline.device import keep_freed_memory  # noqa: E402
 from pipeline.methods import build_method  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.recipe import LayerPlan, load_recipe  # noqa: E402
 from pipeline.train import train_task  # noqa: E402
+from search import apply_plan  # noqa: E402
 
 
 def read_plans(path: Path, layers: list[str]) -> list[dict[str, LayerPlan]]:
@@ -82,22 +74,16 @@ def main() -> None:
     trained = trained_layers(method, 0, method.end_task(0))
     base = CompressContext(model, 0, task_tensors(model, 0), task, recipe.train.eval_batch_size)
     reference = base.accuracy(trained)
-    print(f"# uncompressed validation accuracy {reference:.2f}; drop (points) and fine-tune "
-          f"seconds per setting (epochs, lr): {settings}", flush=True)
+    print(f"# uncompressed validation accuracy {reference:.2f}; drop (points) and trial "
+          f"seconds (prune, fine-tune, quantize) per setting (epochs, lr): {settings}", flush=True)
     drops: dict[tuple[float, float], list[float]] = {s: [] for s in settings}
     for i, plan in enumerate(read_plans(args.plans, list(trained))):
         cells = []
         for epochs, lr in settings:
-            layers = {n: r.clone() for n, r in trained.items()}
-            ctx = copy.copy(base)
-            ctx.task_tensors = {k: v.clone() for k, v in base.task_tensors.items()}
-            prune(ctx, layers, plan, delta=math.inf, steps=len(plan), step_fraction=1.0,
-                  gated=False)
             start = time.perf_counter()
-            finetune_own(ctx, layers, epochs, lr, recipe.train.batch_size, recipe.train.seed)
-            seconds = time.perf_counter() - start
-            acc = quantize(ctx, layers, plan, [8], delta=math.inf, adaptive=False,
-                           required=set(layers))
+            acc = apply_plan(base, trained, plan, epochs, lr, recipe.train.batch_size,
+                             recipe.train.seed)[2]
+            seconds = time.perf_counter() - start  # the trial: prune, fine-tune, quantize
             drops[(epochs, lr)].append(reference - acc)
             cells.append(f"{reference - acc:5.2f} ({seconds:.1f} s)")
         print(i, "  ".join(cells), flush=True)

@@ -8,7 +8,7 @@ uses the pipeline's own compression passes (no second implementation).
 from __future__ import annotations
 
 from search._compressor import SearchCompressor
-from search._objective import Latency, LatencyFn, TaskProblem, TrialResult
+from search._objective import Latency, LatencyFn, TaskProblem, TrialResult, apply_plan
 from search._select import Point, pareto_front, select
 from search._space import LayerSpace, resolve_space, suggest_plans
 from search._storage import rdb_url
@@ -26,6 +26,7 @@ __all__ = [
     "SearchCompressor",
     "TaskProblem",
     "TrialResult",
+    "apply_plan",
     "run_worker",
     "pareto_front",
     "rdb_url",

@@ -76,6 +76,29 @@ class TrialResult:
     labels: dict[str, str] = field(default_factory=dict)  # layer -> speed-realizable/storage-only
 
 
+def apply_plan(ctx: CompressContext, trained: dict[str, LayerResult],
+               plans: dict[str, LayerPlan], finetune_epochs: float, lr: float,
+               batch_size: int, seed: int, quant_fallback: tuple[int, ...] = (8,),
+               required: set[str] | None = None) -> tuple[dict[str, LayerResult],
+                                                          dict[str, torch.Tensor], float]:
+    """What a trial does to a copy of the task as trained (``trained``, ``ctx``): prune by the
+    plan without gating, fine-tune the own weights, quantize to the plan's widths (layers in
+    ``required`` get ``quant_fallback`` if the plan keeps fp32). Returns (layers, task tensors,
+    validation accuracy); ``ctx`` counts the evaluations."""
+    layers = {n: r.clone() for n, r in trained.items()}
+    trial = copy.copy(ctx)
+    trial.task_tensors = {k: v.clone() for k, v in ctx.task_tensors.items()}
+    trial.evaluations = 0
+    prune(trial, layers, plans, delta=math.inf, steps=len(plans), step_fraction=1.0, gated=False)
+    # nothing pruned (the dense reference): nothing to recover, the task stays as trained
+    if finetune_epochs and any(p.sparsity > 0 for p in plans.values()):
+        finetune_own(trial, layers, finetune_epochs, lr, batch_size, seed)
+    acc = quantize(trial, layers, plans, list(quant_fallback), delta=math.inf, adaptive=False,
+                   required=required)
+    ctx.evaluations += trial.evaluations
+    return layers, trial.task_tensors, acc
+
+
 @dataclass
 class TaskProblem:
     """Everything a trial of task ``ctx.task`` needs; built once per task."""
@@ -100,18 +123,8 @@ class TaskProblem:
     def apply(self, plans: dict[str, LayerPlan]) -> tuple[dict[str, LayerResult],
                                                           dict[str, torch.Tensor], float]:
         """The task compressed by ``plans``: (layers, task tensors, validation accuracy)."""
-        layers = {n: r.clone() for n, r in self.trained.items()}
-        ctx = copy.copy(self.ctx)
-        ctx.task_tensors = {k: v.clone() for k, v in self.ctx.task_tensors.items()}
-        prune(ctx, layers, plans, delta=math.inf, steps=len(plans), step_fraction=1.0,
-              gated=False)
-        # nothing pruned (the dense reference): nothing to recover, the task stays as trained
-        if self.finetune_epochs and any(p.sparsity > 0 for p in plans.values()):
-            finetune_own(ctx, layers, self.finetune_epochs, self.lr, self.batch_size, self.seed)
-        acc = quantize(ctx, layers, plans, list(self.quant_fallback), delta=math.inf,
-                       adaptive=False, required=self.split_layers)
-        self.ctx.evaluations += ctx.evaluations
-        return layers, ctx.task_tensors, acc
+        return apply_plan(self.ctx, self.trained, plans, self.finetune_epochs, self.lr,
+                          self.batch_size, self.seed, self.quant_fallback, self.split_layers)
 
     def commit_of(self, layers: dict[str, LayerResult],
                   tensors: dict[str, torch.Tensor]) -> TaskCommit:

@@ -24,17 +24,15 @@ log = logging.getLogger(__name__)
 def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None) -> None:
     """Add trials to task ``task``'s study until its budget is reached."""
     from pipeline.progress import QUIET
-    from pipeline.runner import prepare
+    from pipeline.runner import prepare, run_dir_for
     from pipeline.session import TaskContext
     from pipeline.tracking import NoopTracker
     from search._compressor import SearchCompressor
 
     compressor = SearchCompressor(recipe, worker=True)  # checks search.storage first
-    s = prepare(recipe)
-    if s.store.num_tasks != task:
-        raise InputError(f"task {task} is not being searched: the store holds "
-                         f"{s.store.num_tasks} committed task(s)")
-    state, meta = published_paths(s.run_dir, task)
+    # wait for the run to publish the task before touching the run folder: the run creates
+    # the store, and a worker that started first would race it to create the store
+    state, meta = published_paths(run_dir_for(recipe), task)
     deadline = time.monotonic() + wait_s
     if not (state.exists() and meta.exists()):
         log.info("waiting up to %.0f s for `taskpack run` to reach task %d's search", wait_s,
@@ -44,6 +42,10 @@ def run_worker(recipe, task: int, wait_s: float = 600.0, tracker=None, bars=None
             raise InputError(f"{state} did not appear within {wait_s:.0f} s: start "
                              "`taskpack run` on the recipe first; workers join its search")
         time.sleep(1.0)
+    s = prepare(recipe)
+    if s.store.num_tasks != task:
+        raise InputError(f"task {task} is not being searched: the store holds "
+                         f"{s.store.num_tasks} committed task(s)")
     for t in range(task + 1):
         s.model.add_task(s.stream.task_info(t)[1])
     # store state first (frozen / splittable positions), then the task's trained weights on top

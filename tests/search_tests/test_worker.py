@@ -50,3 +50,15 @@ def test_a_worker_adds_trials_to_the_running_search(tmp_path: Path) -> None:
     assert len({t.number for t in done}) == len(done)
     assert len({t.user_attrs["pid"] for t in done}) == 2, "the worker ran no trial"
     assert PackedStore.open(tmp_path / "quickstart" / "store.tpk").num_tasks == 1
+
+
+def test_a_worker_started_before_the_run_waits_and_creates_nothing(tmp_path: Path) -> None:
+    # it used to build the session (and so create the store) before waiting: started together
+    # with `taskpack run`, one of the two then failed on "store file must not exist yet"
+    from pipeline.errors import InputError
+    from search import run_worker
+
+    recipe = load_recipe(REPO / "recipes/quickstart.yaml", [*SETTINGS, f"output_dir={tmp_path}"])
+    with pytest.raises(InputError, match="did not appear"):
+        run_worker(recipe, 0, wait_s=0.5)
+    assert not (tmp_path / "quickstart").exists()
