@@ -46,8 +46,11 @@ def describe(r: RunResult) -> str:
     rc = r.recipe
     m = rc.method
     extra = f", policy {m.policy}" if m.kind == "tsn" else ""
-    return (f"{rc.benchmark.stream}, {len(r.tasks)} tasks, MLP {rc.model.hidden} "
-            f"(dropout {rc.model.dropout}), {m.kind} density {m.density}{extra}, "
+    net = rc.model
+    model = (f"MLP {net.hidden} (dropout {net.dropout})" if net.arch == "mlp"
+             else f"{net.arch} (norm {net.norm})")
+    return (f"{rc.benchmark.stream}, {len(r.tasks)} tasks, {model}, "
+            f"{m.kind} density {m.density}{extra}, "
             f"{rc.train.epochs} epochs/task, batch {rc.train.batch_size}")
 
 
