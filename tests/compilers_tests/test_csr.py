@@ -78,6 +78,20 @@ def test_unstructured_task_builds_with_the_csr_kernel(batch: int, tmp_path) -> N
         torch.testing.assert_close(compiled.run(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.tvm
+def test_a_tuned_build_keeps_the_csr_kernel_unfused(tmp_path) -> None:  # noqa: ANN001
+    """With a tuning database the build first runs Relax's fusion; the CSR layer's transpose
+    kernel after a legalized op (the flatten) was fused with it and FuseTIR failed (TVM 0.27)."""
+    model = nn.Sequential(nn.Flatten(), *_unstructured_mlp()).eval()
+    x = torch.randn(1, 2, 16)
+    compiled = get_compiler("tvm").compile(model, x, Target.host(), CompileOptions(
+        transforms=("block_sparse", "csr_sparse"), tune_trials=2, cache_dir=tmp_path,
+        threads=1))
+    assert sum(k.startswith("csr_linear") for k in compiled.notes["hand_kernels"]) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.run(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_unstructured_label_follows_csr_sparse() -> None:
     host = Target.host()
     spec = LayerSpec("linear", 2000, 784, 0.9, "unstructured")

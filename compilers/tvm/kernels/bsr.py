@@ -37,6 +37,13 @@ __all__ = [
     "kernel_tiling", "pack_bsr", "schedule_candidates", "transpose_kernel",
 ]
 
+# Relax's OpPatternKind.kOpaque. A hand kernel that reads or writes a plain copy (transpose)
+# would otherwise be classed injective by AnnotateTIROpPattern and fused with its neighbour by
+# FuseOps in the tuning database's legalize step, where FuseTIR then failed on TVM 0.27.0.post1
+# ("Inconsistent buffers compute and x mapped to the same relax var") for a CSR layer after a
+# legalized op. An op_pattern already set is kept, so these kernels stay calls of their own.
+OPAQUE = 8
+
 
 @dataclass(frozen=True)
 class BSRWeight:
@@ -220,7 +227,7 @@ def transpose_kernel(batch: int, k: int):
     # Root block and check_well_formed=False: see im2col_kernel (Relax's reshape detection).
     @T.prim_func(private=True, check_well_formed=False)
     def transpose(x: T.Buffer((batch, k), "float32"), xt: T.Buffer((k, batch), "float32")):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": OPAQUE})
         with T.sblock("root"):
             for c in T.parallel(k):
                 for n in range(batch):
