@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from optuna.trial import FixedTrial
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -32,19 +33,14 @@ from pipeline.methods import build_method  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.recipe import LayerPlan, load_recipe  # noqa: E402
 from pipeline.train import train_task  # noqa: E402
-from search import apply_plan  # noqa: E402
+from search import LayerSpace, apply_plan, resolve_space, suggest_plans  # noqa: E402
 
 
-def read_plans(path: Path, layers: list[str]) -> list[dict[str, LayerPlan]]:
-    plans = []
+def read_plans(path: Path, space: dict[str, LayerSpace]) -> list[dict[str, LayerPlan]]:
+    """The trials' plans of a ``pareto.csv``, read back as the search reads a chosen trial."""
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row["dense"] == "True":
-                continue
-            p = json.loads(row["plan"])
-            plans.append({n: LayerPlan(sparsity=p[f"{n}.sparsity"], pattern=p[f"{n}.pattern"],
-                                       bits=p[f"{n}.bits"]) for n in layers})
-    return plans
+        return [suggest_plans(FixedTrial(json.loads(row["plan"])), space)
+                for row in csv.DictReader(f) if row["dense"] != "True"]
 
 
 def main() -> None:
@@ -77,7 +73,8 @@ def main() -> None:
     print(f"# uncompressed validation accuracy {reference:.2f}; drop (points) and trial "
           f"seconds (prune, fine-tune, quantize) per setting (epochs, lr): {settings}", flush=True)
     drops: dict[tuple[float, float], list[float]] = {s: [] for s in settings}
-    for i, plan in enumerate(read_plans(args.plans, list(trained))):
+    space = resolve_space(recipe.search.space, list(trained))
+    for i, plan in enumerate(read_plans(args.plans, space)):
         cells = []
         for epochs, lr in settings:
             start = time.perf_counter()
