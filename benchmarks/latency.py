@@ -13,7 +13,7 @@ block-sparse + csr-sparse (unstructured layers through the CSR kernel), TVM + in
 (hand-written int8 kernel, every linear including the head), TVM + block-sparse + int8 (int8
 block data). A peer that is not installed gives a row saying so; the rest still run.
 Every figure is measured in this run; the roofline bound uses memory bandwidth and matmul
-throughput measured here too.
+throughput measured here too (the peak at each row's runtime threads).
 
 Timing: **every row is one Python call per inference** (``peer_runtimes.time_calls``: input
 prepared once in each runtime's own form, median of samples), wall clock by default; ``--clock
@@ -43,6 +43,7 @@ task loaded from a store).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -64,7 +65,7 @@ from compilers import (
     get_compiler,
 )
 from compilers.export import export_onnx
-from compilers.threads import all_cores, default_threads
+from compilers.threads import all_cores, default_threads, torch_threads
 
 if __package__ in (None, ""):  # run as a script: benchmarks/ is on sys.path, the repo is not
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -132,14 +133,19 @@ def measured_bandwidth_gbs() -> float:
     return 2 * src.nbytes / best / 1e9  # read + write
 
 
-def measured_peak_gflops() -> float:
+@functools.cache
+def measured_peak_gflops(threads: int) -> float:
+    """fp32 ``torch.mm`` (1024^3) GFLOP/s at ``threads`` torch threads: a row's compute bound
+    uses the peak at that row's thread count (a 1-thread row against a 2-core peak would look
+    twice as close to its bound as it is)."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    torch.mm(a, b)
     best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
+    with torch_threads(threads):
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
+        for _ in range(5):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
     return 2 * 1024**3 / best / 1e9
 
 
@@ -319,7 +325,7 @@ def benchmark_module(
     tune_trials: int,
     cache_dir: Path,
     bandwidth_gbs: float,
-    peak_gflops: float,
+    peak_gflops: Callable[[int], float],
     threads: int | None = None,
     peers: Sequence[str] = RUNTIMES,
     tvm_rows: Sequence[str] = tuple(TVM_ROWS),
@@ -334,14 +340,14 @@ def benchmark_module(
     host, tvm = Target.host(), get_compiler("tvm")
     peer_threads = threads or default_threads(example_input) or all_cores()
 
-    def bound(model: nn.Module) -> float:
+    def bound(model: nn.Module, row_threads: int) -> float:
         b, f = _work(model, example_input)
-        return max(b / (bandwidth_gbs * 1e9), f / (peak_gflops * 1e9)) * 1e3
+        return max(b / (bandwidth_gbs * 1e9), f / (peak_gflops(row_threads) * 1e9)) * 1e3
 
     eager = get_compiler("eager").compile(module, example_input, host,
                                           CompileOptions(threads=threads))
     rows = [Row("PyTorch eager (dense-masked)", _time(lambda: eager.run(example_input), clock),
-                bound(module), eager.threads)]
+                bound(module, eager.threads), eager.threads)]
     rows += peer_rows(module, example_input, peer_threads, peers, clock, deepsparse_python)
     for key in tvm_rows:
         transforms, tuned = TVM_ROWS[key]
@@ -351,8 +357,8 @@ def benchmark_module(
             threads=threads))
         # the bound is of the module the build runs: the one transform pipeline, kernel form
         executed = apply_transforms(module, transforms)
-        rows.append(Row(name, _time(compiled.bind(example_input), clock), bound(executed),
-                        compiled.threads))
+        rows.append(Row(name, _time(compiled.bind(example_input), clock),
+                        bound(executed, compiled.threads), compiled.threads))
         if "int8_error" in compiled.notes:
             err = compiled.notes["int8_error"]
             print(f"  {name}: int8 vs fp32 output error max abs {err['max_abs_err']:.2e}, "
@@ -393,6 +399,10 @@ def print_table(title: str, rows: list[Row]) -> None:
         ratio = peers[fastest] / bs
         print(f"block-sparse vs the fastest peer ({fastest}): {ratio:.2f}x "
               f"({'faster' if ratio >= 1 else 'slower'})")
+        bound_ms = next((r.bound_ms for r in rows if r.name == "TVM tuned + block-sparse"), None)
+        if bound_ms:  # the most any kernel doing the row's FLOPs over its bytes could reach
+            print(f"  ceiling: at its roofline bound ({bound_ms:.4f} ms) block-sparse would be "
+                  f"{peers[fastest] / bound_ms:.2f}x the fastest peer")
     if bs is not None and dense == dense:
         print(f"block-sparse vs tuned dense TVM: {dense / bs:.2f}x faster")
     i8 = by.get("TVM + int8 weights")
@@ -458,16 +468,19 @@ def main(argv: list[str] | None = None) -> None:
         modules = {None: synthetic_mlp(sizes, density=0.1, dead=0.1, seed=args.seed)}
         what = (f"MLP {'-'.join(map(str, sizes))}, 16x1 blocks, 90% of blocks pruned, "
                 "10% dead units")
-    bw, peak = measured_bandwidth_gbs(), measured_peak_gflops()
+    bw = measured_bandwidth_gbs()
+    peaks = ", ".join(f"{measured_peak_gflops(n):.1f} at {n} thread(s)"
+                      for n in sorted({1, all_cores()}))
     from compilers.targets import device_fingerprint
 
     print(f"device: {device_fingerprint()}; measured copy bandwidth {bw:.1f} GB/s, "
-          f"torch matmul peak {peak:.1f} GFLOP/s; {what}; trials/workload={trials}")
+          f"torch matmul peak {peaks} GFLOP/s; {what}; trials/workload={trials}")
     for task, model in modules.items():
         for batch in batches:
             x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(1))
             rows = benchmark_module(model, x, tune_trials=trials, cache_dir=args.cache_dir,
-                                    bandwidth_gbs=bw, peak_gflops=peak, threads=args.threads,
+                                    bandwidth_gbs=bw, peak_gflops=measured_peak_gflops,
+                                    threads=args.threads,
                                     peers=args.peers, tvm_rows=args.tvm_rows, clock=args.clock,
                                     deepsparse_python=ds_python)
             print_table(f"batch {batch}" if task is None else f"task {task}, batch {batch}",

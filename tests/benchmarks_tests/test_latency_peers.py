@@ -104,17 +104,31 @@ def test_benchmark_module_rows_for_a_cnn(tmp_path: Path, capsys) -> None:  # noq
     with torch.no_grad():
         latency._prune_blocks(model[0].weight, 0.2, gen)
     x = torch.randn(2, 3, 8, 8)
+    peak_asked: list[int] = []
+
+    def peak(threads: int) -> float:  # a row's compute bound uses the peak at its own threads
+        peak_asked.append(threads)
+        return 10.0
+
     rows = latency.benchmark_module(model, x, tune_trials=0, cache_dir=tmp_path, threads=1,
-                                    bandwidth_gbs=10.0, peak_gflops=10.0,
+                                    bandwidth_gbs=10.0, peak_gflops=peak,
                                     peers=["onnxruntime"], tvm_rows=["block-sparse"])
     names = [r.name.split(" [")[0] for r in rows]
     assert names == ["PyTorch eager (dense-masked)", "ONNX Runtime (dense-masked)",
                      "TVM tuned + block-sparse"]
     assert all(r.timing and r.timing["median_ms"] > 0 and r.threads == 1 for r in rows)
+    assert peak_asked == [1, 1]  # eager and the TVM row (the peers have no bound)
     latency.print_table("batch 2", rows)
     out = capsys.readouterr().out
     assert "one Python call per inference, wall clock" in out
     assert "block-sparse vs the fastest peer (ONNX Runtime" in out
+    assert "ceiling: at its roofline bound" in out
+
+
+def test_the_matmul_peak_is_measured_at_the_threads_asked() -> None:
+    before = torch.get_num_threads()
+    assert latency.measured_peak_gflops(1) > 0
+    assert torch.get_num_threads() == before
 
 
 def test_synthetic_cnn_is_block_pruned() -> None:
