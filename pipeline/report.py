@@ -29,7 +29,7 @@ def write_task_csv(result: RunResult, path: Path) -> Path:
             w.writerow([rec.index, rec.name, f"{rec.acc_at_commit:.4f}",
                         _cell(final[rec.index]), f"{rec.val_acc:.4f}",
                         tr.epochs if tr else "", f"{tr.seconds:.2f}" if tr else "",
-                        int(tr is None)] + ([_cell(inferred[rec.index])] if inferred else []))
+                        int(rec.resumed)] + ([_cell(inferred[rec.index])] if inferred else []))
     return path
 
 
@@ -78,7 +78,8 @@ def summary_table(result: RunResult) -> Table:
         tr = rec.train
         acc = final[rec.index]
         table.add_row(str(rec.index), rec.name, f"{rec.acc_at_commit:.2f}",
-                      "-" if acc is None else f"{acc:.2f}", str(tr.epochs) if tr else "resumed",
+                      "-" if acc is None else f"{acc:.2f}",
+                      (str(tr.epochs) if tr else "-") + (" (resumed)" if rec.resumed else ""),
                       f"{tr.seconds:.1f}" if tr else "-")
     table.add_section()
     pad = [""] * (len(cols) - 4)

@@ -79,6 +79,7 @@ class TaskRecord:
     acc_at_commit: float
     val_acc: float
     compression: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False  # committed by an earlier process of a resumed run
 
 
 @dataclass

@@ -1,15 +1,18 @@
 """Resume state: what a killed run needs to continue exactly where it stopped.
 
 Order of writes per task: ``state-<k>.npz`` (the live model right before task k-1 is committed),
-then the store commit, then ``progress.json`` (the accuracy rows measured after it). After a kill
-at any point, ``store.num_tasks`` says how many tasks are committed; ``state-<n>.npz`` gives the
-live weights and scores of that moment (syncing with the store is deterministic), and rows missing
-from ``progress.json`` are re-measured from the store, which gives the same figures because
-committed tasks never change. Files are written atomically (temp + rename) and hold no pickle.
+then the store commit, then ``progress.json`` (the accuracy rows measured after it, and each
+task's record with its training report, so a resumed run still reports the whole run's training
+cost). After a kill at any point, ``store.num_tasks`` says how many tasks are committed;
+``state-<n>.npz`` gives the live weights and scores of that moment (syncing with the store is
+deterministic), and rows missing from ``progress.json`` are re-measured from the store, which
+gives the same figures because committed tasks never change. Files are written atomically (temp +
+rename) and hold no pickle.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -18,7 +21,7 @@ import torch
 
 from pipeline._atomic import atomic_write
 from pipeline.errors import InputError
-from pipeline.session import RunResult, Session, TaskRecord
+from pipeline.session import RunResult, Session, TaskRecord, TrainReport
 from pipeline.stages import stage_evaluate
 
 __all__ = ["load_state", "save_state", "save_state_before_commit"]
@@ -40,7 +43,8 @@ def save_state(s: Session, result: RunResult) -> None:
     data = {"tasks_done": len(m.rows), "rows": m.rows, "before": m.before,
             "baseline": m.baseline, "inferred": m.inferred, "wall_s": result.elapsed(),
             "records": [{"index": r.index, "name": r.name, "acc_at_commit": r.acc_at_commit,
-                         "val_acc": r.val_acc, "compression": r.compression}
+                         "val_acc": r.val_acc, "compression": r.compression,
+                         "train": dataclasses.asdict(r.train) if r.train else None}
                         for r in result.tasks]}
     atomic_write(s.run_dir / "progress.json", lambda f: f.write(json.dumps(data).encode()))
     # only now, with the commit on disk, is the previous state no longer needed
@@ -48,6 +52,17 @@ def save_state(s: Session, result: RunResult) -> None:
     for old in s.run_dir.glob("state-*.npz"):
         if old != keep:
             old.unlink()
+
+
+def _train_report(saved: Any) -> TrainReport | None:  # noqa: ANN401 - JSON
+    """The training report of a task an earlier process committed (None: not recorded, as in
+    progress files written before it was, or not readable)."""
+    if not isinstance(saved, dict):
+        return None
+    try:
+        return TrainReport(**saved)
+    except TypeError:  # fields of another version: the figures are lost, the run is not
+        return None
 
 
 def load_state(s: Session, result: RunResult) -> int:
@@ -82,7 +97,7 @@ def load_state(s: Session, result: RunResult) -> int:
         rec: dict[str, Any] = data["records"][t] if t < len(data["records"]) else {
             "index": t, "name": s.stream.task_info(t)[0],
             "acc_at_commit": m.rows[t][t], "val_acc": float("nan"), "compression": {}}
-        result.tasks.append(TaskRecord(rec["index"], rec["name"], None, None,
-                                       rec["acc_at_commit"], rec["val_acc"],
-                                       rec["compression"]))
+        result.tasks.append(TaskRecord(rec["index"], rec["name"], _train_report(rec.get("train")),
+                                       None, rec["acc_at_commit"], rec["val_acc"],
+                                       rec["compression"], resumed=True))
     return n

@@ -98,6 +98,11 @@ def test_rerunning_a_finished_recipe_does_no_work_and_fresh_starts_over(tmp_path
     again = run_recipe(recipe)
     assert again.resumed_from == 2
     assert again.matrix.rows == first.matrix.rows
+    # each task's training report (seconds, examples seen) survives the resume
+    assert [r.train for r in again.tasks] == [r.train for r in first.tasks]
+    assert all(r.train is not None and r.train.stats["examples_seen"] > 0 for r in again.tasks)
+    assert [r.resumed for r in again.tasks] == [True, True]
+    assert not any(r.resumed for r in first.tasks)
     # the wall time covers the whole run, the part done by the earlier process included
     recorded = json.loads((first.run_dir / "progress.json").read_text())["wall_s"]
     assert 0 < recorded <= first.wall_s
