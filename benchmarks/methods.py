@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/methods.py --table A [--methods wsn tsn ...] [--seeds 0 1 2]
     .venv/bin/python benchmarks/methods.py --table B [--methods ...] [--seeds 0]
     .venv/bin/python benchmarks/methods.py --table A --quick        # a smoke run, minutes
+    .venv/bin/python benchmarks/methods.py --table B ... --resume   # a killed run goes on
 
 Table A: Split-MNIST and Split Fashion-MNIST (5 x 2 classes), MLP 784-400-400. Table B: PMNIST-10,
 MLP 784-2000-2000. Every row shares the stream, the data split, the seeds, the epoch budget and
@@ -171,6 +172,8 @@ def main() -> int:
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--track", action="store_true", help="track every run in MLflow")
     ap.add_argument("--quick", action="store_true", help="2 tiny tasks, 1 epoch: a smoke run")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue each run from its committed tasks (default: start fresh)")
     args = ap.parse_args()
     methods = args.methods or list(method_names())
     unknown = sorted(set(methods) - set(method_names()))
@@ -197,7 +200,7 @@ def main() -> int:
                                                      args.tune_trials))
                 tracker = build_tracker(recipe.tracking) if args.track else NoopTracker()
                 with Bars() as bars:
-                    row.runs.append(run_recipe(recipe, tracker, bars, fresh=True))
+                    row.runs.append(run_recipe(recipe, tracker, bars, fresh=not args.resume))
                 r = row.runs[-1]
                 print(f"{stream} {method} seed {seed}: ACC {r.acc:.2f} BWT {r.bwt:+.3f} "
                       f"({r.wall_s:.0f} s)", flush=True)
