@@ -56,7 +56,7 @@ def layer_realizability(spec: LayerSpec, target: Target,
         and spec.out_features % block[0] == 0
         and spec.in_features % block[1] == 0
     ):
-        return "speed-realizable"  # the TIR block-sparse kernel (convs via im2col; CPU only)
+        return "speed-realizable"  # the TIR block-sparse kernels (linear and conv; CPU only)
     if (
         "csr_sparse" in transforms
         and spec.kind == "linear"

@@ -10,8 +10,8 @@ dequantized weight.
 ``taskpack::bsr_conv2d(x, weight, bias, stride, padding, dilation, bh, bw, relu)`` does the same
 for an ``nn.Conv2d`` (groups 1, zero padding) whose weight, viewed as (O, C*kh*kw), has
 (bh, bw) blocks; eager is ``F.conv2d`` (+ ReLU), so the rewrite is exact. The TVM importer lowers
-it to im2col + the same BSR kernel. It stays fp32 under the ``int8`` transform (see
-``compilers.transforms._int8``).
+it to the direct block-sparse conv kernel (same BSR packing; a max-pool after it fused). It
+stays fp32 under the ``int8`` transform (see ``compilers.transforms._int8``).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 :func:`to_block_sparse` swaps linear and conv layers whose weights follow a block pattern for
 :class:`~compilers.ops.BlockSparseLinear` / :class:`~compilers.ops.BlockSparseConv2d`, which the
-TVM backend lowers to a TIR kernel (convs through im2col). :func:`parse_block_pattern` is the one
-parser of ``"block(h,w)"`` pattern strings in ``compilers``.
+TVM backend lowers to TIR kernels (a direct block-sparse conv kernel for convs).
+:func:`parse_block_pattern` is the one parser of ``"block(h,w)"`` pattern strings in
+``compilers``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Importing this package does not import TVM yet; the first build, kernel or runti
 
 * ``backend``: :class:`TVMCompiler` (torch.export -> Relax -> MetaSchedule -> build), threads
 * ``importer``: torch.export -> Relax with the custom ops lowered to the hand-written kernels
-* ``kernels``: the hand-written TIR kernels (block-sparse, im2col, int8)
+* ``kernels``: the hand-written TIR kernels (block-sparse linear and conv, CSR, int8)
 * ``model``: :class:`TVMModel` (local, RPC or export-only runs)
 * ``tuning`` / ``dense_schedule``: the persistent MetaSchedule database and the GEMV candidate
 * ``rpc``: remote devices through a TVM RPC tracker

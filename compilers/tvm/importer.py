@@ -1,6 +1,7 @@
 """torch.export -> Relax, with the custom ops lowered to the hand-written TIR kernels.
 
-The importer maps ``taskpack::bsr_linear``, ``taskpack::bsr_conv2d`` (im2col + the BSR kernel),
+The importer maps ``taskpack::bsr_linear``, ``taskpack::bsr_conv2d`` (the direct block-sparse conv
+kernel, with a following max-pool fused when it can be),
 ``taskpack::csr_linear`` (transpose + the CSR kernel) and ``taskpack::int8_linear`` nodes to a
 ``call_tir`` of the hand-written kernels in :mod:`compilers.tvm.kernels`, with the BSR / CSR arrays
 and int8 weights baked in as constants.
@@ -8,6 +9,7 @@ and int8 weights baked in as constants.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable
 
@@ -21,14 +23,8 @@ from ..ops.int8 import INT8_OP_NAME
 from ..ops.sparse import CONV_OP_NAME, OP_NAME
 from ._api import load
 from .bsr_tuning import default_choice
-from .kernels.bsr import (
-    BSRSchedule,
-    bsr_linear_kernel,
-    im2col_kernel,
-    kernel_tiling,
-    pack_bsr,
-    transpose_kernel,
-)
+from .kernels.bsr import BSRSchedule, bsr_linear_kernel, pack_bsr, transpose_kernel
+from .kernels.bsr_conv import BSRConvGeometry, bsr_conv2d_kernel, conv_arrays
 from .kernels.csr import csr_linear_kernel, pack_csr
 from .kernels.int8 import int8_linear_kernel, pack_int8
 
@@ -98,13 +94,43 @@ def _bsr_converter(tensors: dict[str, torch.Tensor], choose: BSRChooser):  # noq
     return convert
 
 
-def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
-    """The importer hook for ``taskpack::bsr_conv2d``: im2col, the BSR kernel, back to NCHW.
+POOL_OPS = ("max_pool2d.default", "max_pool2d_with_indices.default")
 
-    The patches of the input become the columns of a (C*kh*kw, N*H_out*W_out) matrix (a TIR
-    im2col function); the BSR kernel multiplies the packed (O, C*kh*kw) weight by it, with bias
-    and ReLU fused, and writes its output straight in NCHW (as (N, O, H_out*W_out); the reshape
-    to (N, O, H_out, W_out) is free).
+
+def _pool_window(conv_node) -> tuple[tuple[int, int], object] | None:  # noqa: ANN001 - FX node
+    """((ph, pw), pool node) when the conv's only consumer is a max-pool the conv kernel can
+    apply itself (window = stride, no padding, dilation 1, floor), else None."""
+    if len(conv_node.users) != 1:
+        return None
+    pool = next(iter(conv_node.users))
+    if pool.op != "call_function" or getattr(pool.target, "__name__", "") not in POOL_OPS:
+        return None
+    args = list(pool.args) + [None] * (6 - len(pool.args))
+    kernel, stride, padding, dilation, ceil_mode = args[1:6]
+
+    def pair(values, default: int) -> tuple[int, int]:  # noqa: ANN001
+        values = default if values is None or values == [] else values
+        values = [values] if isinstance(values, int) else list(values)
+        return (int(values[0]), int(values[-1]))
+
+    window = pair(kernel, 1)
+    if (pair(stride, 0) not in (window, (0, 0)) or pair(padding, 0) != (0, 0)
+            or pair(dilation, 1) != (1, 1) or bool(ceil_mode)):
+        return None
+    if pool.target.__name__ == "max_pool2d_with_indices.default" and not all(
+        user.target is operator.getitem and user.args[1] == 0 for user in pool.users
+    ):
+        return None  # the indices are used: leave the pool to TVM
+    return window, pool
+
+
+def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor], pooled: set):  # noqa: ANN202
+    """The importer hook for ``taskpack::bsr_conv2d``: the direct block-sparse conv kernel.
+
+    One TIR function (``bsr_conv2d_kernel``) per layer: the packed (O, C*kh*kw) weight with bias
+    and ReLU fused, writing NCHW. A max-pool that is the conv's only consumer and that the kernel
+    can apply (:func:`_pool_window`) is fused too: its node is added to ``pooled`` and the pool
+    hook (:func:`_max_pool2d_converter`) passes the conv's result through.
     """
 
     def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
@@ -118,25 +144,44 @@ def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor]):  # noqa: ANN202
         shape = tuple(int(d) for d in node.args[0].meta["val"].shape)
         if len(shape) != 4:
             raise BuildFailed(f"bsr_conv2d input must be 4-D (N, C, H, W), but got {shape}.")
-        out_shape = tuple(int(d) for d in node.meta["val"].shape)
-        n, o, ho, wo = out_shape
+        n, o = (int(d) for d in node.meta["val"].shape[:2])
         kernel = (int(weight.shape[2]), int(weight.shape[3]))
-        rows, k = n * ho * wo, int(np.prod(weight.shape[1:]))
+        k = int(np.prod(weight.shape[1:]))
         bias = (
             _param(tensors, bias_node, "bsr_conv2d")
             if bias_node is not None
             else np.zeros(o, dtype=np.float32)
         )
-        packed = pack_bsr(weight.reshape(o, k), bh, bw, group=kernel_tiling(rows)[0])
-        im2col = bb.add_func(im2col_kernel(shape, kernel, stride, padding, dilation), "im2col")
-        cols = bb.emit(relax.call_tir(im2col, [x], relax.TensorType((k, rows), "float32")))
-        func = bsr_linear_kernel(rows, packed, relu, x_transposed=True, out_spatial=ho * wo)
-        gv = bb.add_func(func, "bsr_conv2d")
-        consts = (packed.data, packed.indices, packed.indptr, np.ones(o, dtype=np.float32),
+        fused = _pool_window(node)
+        geo = BSRConvGeometry(shape, kernel, stride, padding, dilation,
+                              fused[0] if fused else (1, 1))
+        if fused:
+            pooled.add(fused[1])
+        packed = pack_bsr(weight.reshape(o, k), bh, bw, group=1)
+        gv = bb.add_func(bsr_conv2d_kernel(geo, packed, relu), "bsr_conv2d")
+        consts = (*conv_arrays(packed, geo), np.ones(o, dtype=np.float32),
                   bias.astype(np.float32))
-        args = [cols] + [relax.const(a) for a in consts]
-        y = bb.emit(relax.call_tir(gv, args, relax.TensorType((n, o, ho * wo), "float32")))
-        return bb.emit(relax.op.reshape(y, (n, o, ho, wo)))
+        args = [x] + [relax.const(a) for a in consts]
+        out = relax.TensorType((n, o, geo.out_h, geo.out_w), "float32")
+        return bb.emit(relax.call_tir(gv, args, out))
+
+    return convert
+
+
+def _max_pool2d_converter(pooled: set):  # noqa: ANN202
+    """The importer hook for ``max_pool2d`` (with or without indices): a pool fused into the
+    block-sparse conv before it passes the conv's result through (as (values, values) for the
+    indices variant, whose indices nothing reads); any other pool is TVM's own conversion."""
+
+    def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
+        name = node.target.__name__
+        if node not in pooled:
+            method = "_max_pool2d" if name == "max_pool2d.default" else "_max_pool2d_with_indices"
+            return getattr(importer, method)(node)
+        y = importer.env[node.args[0]]
+        if name == "max_pool2d.default":
+            return y
+        return importer.block_builder.emit(load().relax.Tuple([y, y]))
 
     return convert
 
@@ -214,7 +259,8 @@ def constant_bytes(mod) -> dict[str, int]:  # noqa: ANN001 - an IRModule
 
 
 def hand_kernels(mod) -> list[str]:  # noqa: ANN001 - an IRModule
-    """Names of the hand-written TIR kernels in ``mod`` (``bsr_linear``, ``im2col``, ...), sorted.
+    """Names of the hand-written TIR kernels in ``mod`` (``bsr_linear``, ``bsr_conv2d``, ...),
+    sorted.
 
     TVM suffixes repeated names (``bsr_conv2d1``): one entry per kernel instance.
     """
@@ -242,6 +288,7 @@ def import_relax(model: nn.Module, example_input: torch.Tensor,
         state = exported.state_dict
         tensors = {name: state[target] for name, target in sig.inputs_to_parameters.items()}
         tensors.update({n: state[t] for n, t in sig.inputs_to_buffers.items() if t in state})
+        pooled: set = set()  # max-pool nodes fused into the conv before them
         with warnings.catch_warnings():
             # torch 2.13's run_decompositions() (called inside TVM's from_exported_program)
             # deep-copies the module call graph, and copying a pytree LeafSpec warns
@@ -257,7 +304,8 @@ def import_relax(model: nn.Module, example_input: torch.Tensor,
                 unwrap_unit_return_tuple=True,
                 custom_convert_map={
                     OP_NAME: _bsr_converter(tensors, bsr_schedule or default_choice),
-                    CONV_OP_NAME: _bsr_conv2d_converter(tensors),
+                    CONV_OP_NAME: _bsr_conv2d_converter(tensors, pooled),
+                    **dict.fromkeys(POOL_OPS, _max_pool2d_converter(pooled)),
                     INT8_OP_NAME: _int8_converter(tensors),
                     CSR_OP_NAME: _csr_converter(tensors),
                 },

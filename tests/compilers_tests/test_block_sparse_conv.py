@@ -1,4 +1,4 @@
-"""Block-sparse conv layers: the torch rewrite, im2col + the BSR kernel in the TVM build."""
+"""Block-sparse conv layers: the torch rewrite, the direct BSR conv kernel in the TVM build."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from torch import nn
 from compilers import CompileOptions, Target, apply_transforms, get_compiler
 from compilers.ops.sparse import BlockSparseConv2d
 from compilers.transforms import to_block_sparse, to_int8
-from compilers.tvm import hand_kernels, import_relax, to_tvm_target
-from compilers.tvm.kernels.bsr import im2col_kernel
+from compilers.tvm import hand_kernels, import_relax
 
 pytestmark = pytest.mark.tvm
 
@@ -63,12 +62,12 @@ def test_small_cnn_build_matches_eager_and_uses_bsr_kernel(batch: int, tmp_path)
     for inp in (x, torch.randn(batch, 16, 8, 8)):
         np.testing.assert_allclose(compiled.run(inp).numpy(), model(inp).detach().numpy(),
                                    rtol=1e-4, atol=1e-5)
-    # both convs run im2col + the BSR kernel; the head (dense linear) does not
-    assert compiled.notes["hand_kernels"] == ["bsr_conv2d", "bsr_conv2d1", "im2col", "im2col1"]
+    # both convs run the direct BSR conv kernel; the head (dense linear) does not
+    assert compiled.notes["hand_kernels"] == ["bsr_conv2d", "bsr_conv2d1"]
     mod = import_relax(apply_transforms(model, ("block_sparse",)), x)
     main = mod["main"].script()
     assert "R.nn.conv2d" not in main  # no dense conv left
-    assert main.count("call_tir(bsr_conv2d") == 2 and main.count("call_tir(im2col") == 2
+    assert main.count("call_tir(bsr_conv2d") == 2 and "im2col" not in main
 
 
 def test_non_qualifying_convs_stay_dense_and_build(tmp_path) -> None:  # noqa: ANN001
@@ -111,28 +110,11 @@ def test_strides_padding_dilation_and_batch_tiles(
     _prune_blocks(conv, 0.7, bh=8, seed=2)
     model = nn.Sequential(conv).eval()
     assert isinstance(to_block_sparse(model)[0], BlockSparseConv2d)
-    # batch 2: 2*15 and 2*9 rows are tiled by 6 (kernel_tiling), so tiles cross images
     x = torch.randn(2, 6, *hw)
     compiled = _build(model, x, tmp_path)
-    assert compiled.notes["hand_kernels"] == ["bsr_conv2d", "im2col"]
+    assert compiled.notes["hand_kernels"] == ["bsr_conv2d"]
     np.testing.assert_allclose(compiled.run(x).numpy(), model(x).detach().numpy(),
                                rtol=1e-4, atol=1e-5)
-
-
-def test_im2col_kernel_matches_unfold() -> None:
-    from compilers.tvm import load
-
-    tvm = load().tvm
-    x = np.random.default_rng(0).standard_normal((2, 3, 5, 6)).astype(np.float32)
-    func = im2col_kernel(x.shape, (3, 2), (2, 1), (1, 2), (1, 2))
-    lib = tvm.compile(func.with_attr("global_symbol", "im2col"),
-                      target=to_tvm_target(Target.host()))
-    ref = nn.functional.unfold(torch.from_numpy(x), (3, 2), dilation=(1, 2), padding=(1, 2),
-                               stride=(2, 1))  # (N, C*kh*kw, L)
-    cols = tvm.runtime.tensor(np.zeros((ref.shape[1], ref.shape[0] * ref.shape[2]), np.float32))
-    lib["im2col"](tvm.runtime.tensor(x), cols)
-    expected = ref.permute(1, 0, 2).reshape(ref.shape[1], -1).numpy()
-    np.testing.assert_array_equal(cols.numpy(), expected)
 
 
 def test_int8_leaves_block_sparse_convs_fp32(tmp_path) -> None:  # noqa: ANN001

@@ -174,7 +174,7 @@ def test_layer_realizability() -> None:
     assert layer_realizability(LayerSpec("conv2d", 64, 64, 0.5, "channel"), cuda) == (
         "speed-realizable"
     )
-    # conv blocks (weight viewed as (O, C*kh*kw)) run im2col + the BSR kernel on CPU targets
+    # conv blocks (weight viewed as (O, C*kh*kw)) run the direct block-sparse conv kernel on CPU
     conv_blocky = LayerSpec("conv2d", 128, 64 * 9, sparsity=0.9, pattern="block", block=(16, 1))
     assert layer_realizability(conv_blocky, host) == "speed-realizable"
     assert layer_realizability(conv_blocky, Target.aarch64()) == "speed-realizable"

@@ -19,9 +19,7 @@ layout from :func:`transpose_kernel`. Which schedule a layer runs is measured pe
 kept beside the tuning database (``compilers.tvm.bsr_tuning``); untuned builds use
 :func:`default_schedule`.
 
-Conv layers reuse the same kernel: ``im2col_kernel`` lays the input patches out as a
-(C*kh*kw, N*H_out*W_out) matrix, read with ``x_transposed``, and ``out_spatial`` stores the result
-in NCHW.
+Conv layers run their own direct kernel with the same BSR packing (``kernels/bsr_conv.py``).
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ import numpy as np
 from .._api import load
 
 __all__ = [
-    "BSRSchedule", "BSRWeight", "bsr_linear_kernel", "default_schedule", "im2col_kernel",
-    "kernel_tiling", "pack_bsr", "schedule_candidates", "transpose_kernel",
+    "BSRSchedule", "BSRWeight", "bsr_linear_kernel", "default_schedule", "kernel_tiling",
+    "pack_bsr", "schedule_candidates", "transpose_kernel",
 ]
 
 # Relax's OpPatternKind.kOpaque. A hand kernel that reads or writes a plain copy (transpose)
@@ -137,15 +135,12 @@ def pack_bsr(weight: np.ndarray, bh: int, bw: int, group: int) -> BSRWeight:
 
 def bsr_linear_kernel(
     batch: int, w: BSRWeight, relu: bool, *, x_transposed: bool = False,
-    out_spatial: int | None = None, schedule: BSRSchedule | None = None,
+    schedule: BSRSchedule | None = None,
 ):
     """A TIR PrimFunc ``(x, data, indices, indptr, scale, bias, y)``: y = act((x W^T) * s + b).
 
-    ``x`` is (batch, K), or (K, batch) with ``x_transposed`` (the conv path's im2col output: the
-    NT batch rows of a tile are then adjacent in memory). ``y`` is (batch, M), or with
-    ``out_spatial=S`` (batch / S, M, S): row ``b`` of the product stored at
-    ``y[b // S, :, b % S]``, which is NCHW for a conv whose batch rows are its N*H_out*W_out
-    output positions.
+    ``x`` is (batch, K), or (K, batch) with ``x_transposed`` (the NT batch rows of a tile are
+    then adjacent in memory). ``y`` is (batch, M).
     """
     T = load().T  # noqa: N806 - TVMScript convention
     m, k = w.shape
@@ -162,17 +157,10 @@ def bsr_linear_kernel(
     rows, nnz, n_tiles = m // bh, max(w.nnz_blocks, 1), batch // nt
     lo = -3.4e38 if not relu else 0.0  # max(v, lo) is the activation; -FLT_MAX means identity
     x_shape = (k, batch) if x_transposed else (batch, k)
-    sp = out_spatial
-    y_shape = (batch, m) if sp is None else (batch // sp, m, sp)
-    if sp is not None and batch % sp:
-        raise ValueError(f"out_spatial={sp} must divide the batch {batch}.")
 
-    # Indices of x[row, col] and y[row, col] in their layouts (called while the script is parsed).
+    # Index of x[row, col] in its layout (called while the script is parsed).
     def xi(row, col):  # noqa: ANN001, ANN202
         return (col, row) if x_transposed else (row, col)
-
-    def yi(row, col):  # noqa: ANN001, ANN202
-        return (row, col) if sp is None else (row // sp, col, row % sp)
 
     # The one parallel loop runs over (block row, batch tile) pairs; ``order`` says which is outer.
     def row_of(t):  # noqa: ANN001, ANN202
@@ -189,7 +177,7 @@ def bsr_linear_kernel(
         indptr: T.Buffer((rows + 1,), "int32"),
         scale: T.Buffer((m,), "float32"),
         bias: T.Buffer((m,), "float32"),
-        y: T.Buffer(y_shape, "float32"),
+        y: T.Buffer((batch, m), "float32"),
     ):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
         for t in T.parallel(rows * n_tiles):
@@ -210,7 +198,7 @@ def bsr_linear_kernel(
                                 ] * T.Cast("float32", data[jo * u + g, kk, i])
             for ni in T.unroll(nt):
                 for i in T.vectorized(bh):
-                    y[yi(tile_of(t) * nt + ni, row_of(t) * bh + i)] = T.max(
+                    y[tile_of(t) * nt + ni, row_of(t) * bh + i] = T.max(
                         (acc[0, ni, i] + acc[u - 1, ni, i] * T.float32(u - 1))
                         * scale[row_of(t) * bh + i]
                         + bias[row_of(t) * bh + i],
@@ -224,7 +212,9 @@ def transpose_kernel(batch: int, k: int):
     """A TIR PrimFunc ``(x, xt)``: the (batch, K) input as (K, batch), for a batched BSR layer."""
     T = load().T  # noqa: N806 - TVMScript convention
 
-    # Root block and check_well_formed=False: see im2col_kernel (Relax's reshape detection).
+    # The root block is for Relax's reshape detection (RewriteDataflowReshape), which asserts on
+    # a single-input call_tir callee without one; TVMScript's TIRx verifier rejects a root block in
+    # a hand-scheduled function, hence check_well_formed=False (the build lowers it fine).
     @T.prim_func(private=True, check_well_formed=False)
     def transpose(x: T.Buffer((batch, k), "float32"), xt: T.Buffer((k, batch), "float32")):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": OPAQUE})
@@ -234,52 +224,3 @@ def transpose_kernel(batch: int, k: int):
                     xt[c, n] = x[n, c]
 
     return transpose
-
-
-def im2col_kernel(
-    shape: tuple[int, int, int, int], kernel: tuple[int, int], stride: tuple[int, int],
-    padding: tuple[int, int], dilation: tuple[int, int],
-):
-    """A TIR PrimFunc ``(x, cols)``: the patches of an NCHW input as the columns of a matrix.
-
-    ``cols[(c, i, j), (n, oh, ow)] = x[n, c, oh*sh + i*dh - ph, ow*sw + j*dw - pw]`` (0 outside
-    the input), shape (C*kh*kw, N*H_out*W_out): the transpose of the usual im2col matrix, with rows
-    in the column order of a conv weight viewed as (O, C*kh*kw), so ``bsr_linear_kernel`` with
-    batch N*H_out*W_out and ``x_transposed`` computes the conv. Transposed, each (c, i, j, n, oh)
-    copies a contiguous run of W_out outputs, vectorized (10x faster than the row layout here).
-    """
-    T = load().T  # noqa: N806 - TVMScript convention
-    n, c, h, w = shape
-    kh, kw = kernel
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    k = c * kh * kw
-
-    # The root block is for Relax's reshape detection (RewriteDataflowReshape), which asserts on
-    # a single-input call_tir callee without one; TVMScript's TIRx verifier rejects a root block in
-    # a hand-scheduled function, hence check_well_formed=False (the build lowers it fine).
-    # Columns outside the input: Select with a clamped (in-bounds) load; a vectorized
-    # T.if_then_else gave wrong values on TVM 0.27.0.post1 (measured).
-    @T.prim_func(private=True, check_well_formed=False)
-    def im2col(x: T.Buffer((n, c, h, w), "float32"), cols: T.Buffer((k, n * ho * wo), "float32")):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
-        with T.sblock("root"):
-            for ci in T.parallel(c):
-                for i in T.unroll(kh):
-                    for j in T.unroll(kw):
-                        for nh in range(n * ho):
-                            hi = nh % ho * sh + i * dh - ph
-                            if 0 <= hi and hi < h:
-                                for ow in T.vectorized(wo):
-                                    cols[ci * kh * kw + i * kw + j, nh * wo + ow] = T.Select(
-                                        0 <= ow * sw + j * dw - pw and ow * sw + j * dw - pw < w,
-                                        x[nh // ho, ci, hi, T.max(T.min(ow * sw + j * dw - pw,
-                                                                        w - 1), 0)],
-                                        T.float32(0),
-                                    )
-                            else:
-                                for ow in T.vectorized(wo):
-                                    cols[ci * kh * kw + i * kw + j, nh * wo + ow] = T.float32(0)
-
-    return im2col
