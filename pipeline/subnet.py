@@ -2,8 +2,13 @@
 
 The compilers package knows nothing of masked layers, heads or stores: it takes an
 ``nn.Sequential`` of ``nn.Linear`` / ``nn.Conv2d`` / norms / activations with the task's weights
-as dense tensors (zeros where the task's mask is off). Architectures that are not a plain chain
-(the reduced ResNet) are wrapped whole with the task fixed; shape transforms then do not apply.
+as dense tensors (zeros where the task's mask is off). The chain is the inference network:
+dropout and identity layers are left out, and a per-task BatchNorm (running statistics) right
+after a linear or conv is folded into that layer's weight and bias, so the layer, its ReLU and a
+max-pool after it meet as the compilers' kernels fuse them. Folding scales each output unit's
+weights by one factor: zeros, blocks and dead units stay where they are. Architectures that are
+not a plain chain (the reduced ResNet) are wrapped whole with the task fixed; shape transforms
+then do not apply.
 """
 
 from __future__ import annotations
@@ -45,13 +50,16 @@ def _sequential(model: ContinualNet, snapshot: dict[str, torch.Tensor],
             conv.weight.data.copy_(snapshot[f"{key}.weight"])
             layers.append(conv)
         elif isinstance(m, TaskBatchNorm):
-            bn = copy.deepcopy(m.norms[task])
+            bn = cast(nn.modules.batchnorm._BatchNorm, copy.deepcopy(m.norms[task]))
             bn.load_state_dict({k.removeprefix(f"{key}.norms.{task}."): v
                                 for k, v in snapshot.items()
                                 if k.startswith(f"{key}.norms.{task}.")})
-            layers.append(bn)
-        elif isinstance(m, nn.Dropout):
-            continue  # identity at inference
+            if layers and isinstance(layers[-1], nn.Linear | nn.Conv2d):
+                layers[-1] = fold_batchnorm(layers[-1], bn)
+            else:
+                layers.append(bn)
+        elif isinstance(m, nn.Dropout | nn.Identity):
+            continue  # identities at inference
         else:
             layers.append(copy.deepcopy(m))
     # per-task heads are nn.Linear; a shared head is a MaskedLinear stored as layer "head"
@@ -63,6 +71,26 @@ def _sequential(model: ContinualNet, snapshot: dict[str, torch.Tensor],
         out.bias.data.copy_(snapshot[f"{key}.bias"])
     layers.append(out)
     return nn.Sequential(*layers)
+
+
+def fold_batchnorm(layer: nn.Linear | nn.Conv2d,
+                   bn: nn.modules.batchnorm._BatchNorm) -> nn.Linear | nn.Conv2d:
+    """``layer`` followed by ``bn`` in eval mode, as one layer: each output unit's weights times
+    gamma / sqrt(var + eps), its bias moved and scaled the same way (a new layer with a bias)."""
+    assert bn.running_mean is not None and bn.running_var is not None
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    bias = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(scale)
+    shift = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(scale)
+    folded = copy.deepcopy(layer)
+    if folded.bias is None:
+        folded.bias = nn.Parameter(torch.empty(layer.weight.shape[0]))
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    with torch.no_grad():
+        folded.weight.copy_(layer.weight.double() * scale.view(shape))
+        folded.bias.copy_((bias - bn.running_mean.double()) * scale + shift)
+    return folded
 
 
 class _Fixed(nn.Module):

@@ -38,8 +38,9 @@ __all__ = [
 # Bumped when a transform changes what it builds, so compile and latency caches keyed by
 # compilers.hashing do not serve results of the old transform (2: block-aware shrink; 3: batched
 # block-sparse schedules, measured per workload; 4: shrink folds dead units with a constant
-# output into the consumer's bias).
-TRANSFORMS_VERSION = 4
+# output into the consumer's bias; 5: block-sparse convs lower to the direct conv kernel with a
+# following max-pool fused, not im2col + the BSR kernel).
+TRANSFORMS_VERSION = 5
 
 
 @dataclass(frozen=True)
