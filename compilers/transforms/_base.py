@@ -39,8 +39,10 @@ __all__ = [
 # compilers.hashing do not serve results of the old transform (2: block-aware shrink; 3: batched
 # block-sparse schedules, measured per workload; 4: shrink folds dead units with a constant
 # output into the consumer's bias; 5: block-sparse convs lower to the direct conv kernel with a
-# following max-pool fused, not im2col + the BSR kernel).
-TRANSFORMS_VERSION = 5
+# following max-pool fused, not im2col + the BSR kernel; 6: the conv kernel packs its weight in
+# the block height it estimates fastest (1x1 blocks with several output rows per tile for a
+# 2:4 / unstructured conv), not the pruning block's).
+TRANSFORMS_VERSION = 6
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,12 @@ from ..ops.sparse import CONV_OP_NAME, OP_NAME
 from ._api import load
 from .bsr_tuning import default_choice
 from .kernels.bsr import BSRSchedule, bsr_linear_kernel, pack_bsr, transpose_kernel
-from .kernels.bsr_conv import BSRConvGeometry, bsr_conv2d_kernel, conv_arrays
+from .kernels.bsr_conv import (
+    BSRConvGeometry,
+    bsr_conv2d_kernel,
+    choose_conv_blocking,
+    conv_arrays,
+)
 from .kernels.csr import csr_linear_kernel, pack_csr
 from .kernels.int8 import int8_linear_kernel, pack_int8
 
@@ -128,9 +133,11 @@ def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor], pooled: set):  # noq
     """The importer hook for ``taskpack::bsr_conv2d``: the direct block-sparse conv kernel.
 
     One TIR function (``bsr_conv2d_kernel``) per layer: the packed (O, C*kh*kw) weight with bias
-    and ReLU fused, writing NCHW. A max-pool that is the conv's only consumer and that the kernel
-    can apply (:func:`_pool_window`) is fused too: its node is added to ``pooled`` and the pool
-    hook (:func:`_max_pool2d_converter`) passes the conv's result through.
+    and ReLU fused, writing NCHW, packed in blocks of width 1 and the height that
+    :func:`~compilers.tvm.kernels.bsr_conv.choose_conv_blocking` estimates fastest (not
+    necessarily the op's pruning block). A max-pool that is the conv's only consumer and that the
+    kernel can apply (:func:`_pool_window`) is fused too: its node is added to ``pooled`` and the
+    pool hook (:func:`_max_pool2d_converter`) passes the conv's result through.
     """
 
     def convert(node, importer):  # noqa: ANN001, ANN202 - signature fixed by the importer
@@ -139,7 +146,7 @@ def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor], pooled: set):  # noq
         x = importer.env[node.args[0]]
         weight_node, bias_node = node.args[1], node.args[2]
         stride, padding, dilation = (_pair(a) for a in node.args[3:6])
-        bh, bw, relu = node.args[6], node.args[7], node.args[8]
+        relu = node.args[8]  # args 6, 7: the pruning block; the kernel picks its own below
         weight = _param(tensors, weight_node, "bsr_conv2d")
         shape = tuple(int(d) for d in node.args[0].meta["val"].shape)
         if len(shape) != 4:
@@ -157,8 +164,11 @@ def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor], pooled: set):  # noq
                               fused[0] if fused else (1, 1))
         if fused:
             pooled.add(fused[1])
-        packed = pack_bsr(weight.reshape(o, k), bh, bw, group=1)
-        gv = bb.add_func(bsr_conv2d_kernel(geo, packed, relu), "bsr_conv2d")
+        # the kernel's own block height (width 1), which need not be the pruning block's: the
+        # packing is exact for any block, and short blocks skip the zeros inside tall ones
+        kernel_bh, rows = choose_conv_blocking(weight.reshape(o, k), geo)
+        packed = pack_bsr(weight.reshape(o, k), kernel_bh, 1, group=1)
+        gv = bb.add_func(bsr_conv2d_kernel(geo, packed, relu, rows=rows), "bsr_conv2d")
         consts = (*conv_arrays(packed, geo), np.ones(o, dtype=np.float32),
                   bias.astype(np.float32))
         args = [x] + [relax.const(a) for a in consts]

@@ -14,9 +14,12 @@ from compilers.ops.sparse import BlockSparseConv2d
 from compilers.tvm import import_relax, load, to_tvm_target
 from compilers.tvm.kernels.bsr import pack_bsr
 from compilers.tvm.kernels.bsr_conv import (
+    STACK_BYTES,
     BSRConvGeometry,
     bsr_conv2d_kernel,
+    choose_conv_blocking,
     conv_arrays,
+    conv_rows,
     conv_tile,
 )
 
@@ -34,12 +37,12 @@ def _block_sparse_weight(o: int, c: int, kernel: tuple[int, int], block: tuple[i
 
 def _run_kernel(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, block: tuple[int, int],
                 relu: bool, stride=(1, 1), padding=(0, 0), dilation=(1, 1), pool=(1, 1),  # noqa: ANN001
-                scale: np.ndarray | None = None) -> np.ndarray:
+                scale: np.ndarray | None = None, rows: int = 1) -> np.ndarray:
     api = load()
     o = weight.shape[0]
     geo = BSRConvGeometry(x.shape, weight.shape[2:], stride, padding, dilation, pool)
     packed = pack_bsr(weight.reshape(o, -1), *block, group=1)
-    func = bsr_conv2d_kernel(geo, packed, relu)
+    func = bsr_conv2d_kernel(geo, packed, relu, rows=rows)
     lib = api.tvm.compile(api.tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                           target=to_tvm_target(Target.host()))
     y = api.tvm.runtime.tensor(np.full((x.shape[0], o, geo.out_h, geo.out_w), np.nan,
@@ -85,6 +88,71 @@ def test_kernel_matches_torch_conv(n: int, c: int, o: int, hw: tuple[int, int],
     got = _run_kernel(x, weight, bias, block, relu, stride, padding, dilation, pool)
     ref = _reference(x, weight, bias, relu, stride, padding, dilation, pool)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _unstructured_weight(o: int, c: int, kernel: tuple[int, int], density: float,
+                         seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    keep = rng.random((o, c, *kernel)) < density
+    return (rng.standard_normal((o, c, *kernel)) * keep).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "o", "hw", "kernel", "stride", "padding", "dilation", "bh", "pool", "rows"),
+    [
+        (2, 8, 16, (14, 14), (3, 3), (1, 1), (0, 0), (1, 1), 1, (2, 2), 6),  # all rows at once
+        (2, 8, 16, (14, 14), (3, 3), (1, 1), (0, 0), (1, 1), 2, (2, 2), 4),  # last group shifted
+        (2, 6, 8, (11, 13), (3, 3), (1, 1), (1, 1), (1, 1), 4, (1, 1), 3),  # no pool, shifted
+        (3, 5, 4, (13, 12), (3, 2), (2, 1), (1, 2), (1, 2), 1, (3, 2), 2),  # odd pool, floor
+        (2, 4, 8, (20, 37), (3, 3), (2, 2), (1, 0), (2, 1), 2, (1, 1), 5),  # V tiles, stride 2
+        (1, 3, 6, (6, 6), (2, 2), (1, 1), (0, 0), (1, 1), 1, (2, 2), 9),  # rows > output rows
+    ],
+)
+def test_row_group_kernel_matches_torch_conv(n: int, c: int, o: int, hw: tuple[int, int],
+                                             kernel: tuple[int, int], stride, padding,  # noqa: ANN001
+                                             dilation, bh: int, pool: tuple[int, int],  # noqa: ANN001
+                                             rows: int) -> None:
+    # several pooled output rows per tile (short blocks of an unstructured weight), each its
+    # own accumulators: the same values as torch, also where the last group overlaps the one
+    # before it
+    rng = np.random.default_rng(4)
+    weight = _unstructured_weight(o, c, kernel, 0.2, seed=5)
+    x = rng.standard_normal((n, c, *hw)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    for relu in (True, False):
+        got = _run_kernel(x, weight, bias, (bh, 1), relu, stride, padding, dilation, pool,
+                          rows=rows)
+        ref = _reference(x, weight, bias, relu, stride, padding, dilation, pool)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_row_groups_stay_on_the_stack() -> None:
+    geo = BSRConvGeometry((64, 64, 14, 14), (3, 3), (1, 1), (0, 0), (1, 1), (2, 2))  # 6x6 out
+    assert conv_rows(geo, 16) == 1 and conv_rows(geo, 8) == 1  # tall blocks: bh chains already
+    assert conv_rows(geo, 1) == 6  # 6 rows x 2 conv rows x 12 lanes = 576 bytes
+    for bh in (1, 2, 4):
+        v = conv_tile(geo.out_w, bh, 2) * 2
+        assert 4 * conv_rows(geo, bh) * 2 * bh * v < STACK_BYTES
+    packed = pack_bsr(np.ones((16, 576), np.float32), 4, 1, group=1)
+    with pytest.raises(ValueError, match="stack-alloca"):
+        bsr_conv2d_kernel(geo, packed, True, rows=6)
+
+
+def test_conv_blocking_keeps_tall_blocks_and_splits_unstructured_ones() -> None:
+    geo = BSRConvGeometry((64, 64, 14, 14), (3, 3), (1, 1), (0, 0), (1, 1), (2, 2))
+    # a weight pruned in full 16x1 blocks stores no zeros in them: 16x1 stays
+    tall = _block_sparse_weight(128, 64, (3, 3), (16, 1), 0.3, seed=6).reshape(128, -1)
+    assert choose_conv_blocking(tall, geo) == (16, 1)
+    # 2:4-like density (~11%) spread over the rows: nearly every 16x1 block would be kept
+    loose = _unstructured_weight(128, 64, (3, 3), 0.11, seed=7).reshape(128, -1)
+    bh, rows = choose_conv_blocking(loose, geo)
+    assert bh < 8 and rows == conv_rows(geo, bh) and rows * 2 * bh >= 8
+    # a conv with one output row and no pool cannot hide the FMA latency with 1x1 blocks
+    flat = BSRConvGeometry((1, 64, 3, 14), (3, 3), (1, 1), (0, 0), (1, 1))
+    assert choose_conv_blocking(loose, flat)[0] >= 8
+    # an output-channel count no height divides but 1
+    odd = _unstructured_weight(7, 4, (3, 3), 0.5, seed=8).reshape(7, -1)
+    assert choose_conv_blocking(odd, geo)[0] == 1
 
 
 def test_kernel_int8_blocks_with_scale_and_zero_weight() -> None:
@@ -172,3 +240,28 @@ def test_pool_of_a_conv_with_two_consumers_is_not_fused() -> None:
                                   api.tvm.cpu(0))
     got = vm["main"](api.tvm.runtime.tensor(x.numpy())).numpy()
     np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_unstructured_conv_builds_with_short_blocks_and_matches_eager(batch: int,
+                                                                     tmp_path) -> None:  # noqa: ANN001
+    # a conv pruned per weight (like 2:4): block_sparse takes it as 16x1 (38% of the blocks
+    # kept), the importer packs it in 1x1 blocks with row groups; the output is unchanged
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(32 * 6 * 6, 10)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_((torch.rand_like(model[0].weight) < 0.03).float())
+    prepared = apply_transforms(model, ("block_sparse",))
+    assert isinstance(prepared[0], BlockSparseConv2d) and prepared[0].bh == 16
+    x = torch.randn(batch, 16, 14, 14)
+    geo = BSRConvGeometry(tuple(x.shape), (3, 3), (1, 1), (0, 0), (1, 1), (2, 2))
+    assert choose_conv_blocking(model[0].weight.detach().numpy().reshape(32, -1), geo)[0] < 8
+    compiled = get_compiler("tvm").compile(model, x, Target.host(),
+                                           CompileOptions(transforms=("block_sparse",),
+                                                          cache_dir=tmp_path))
+    assert compiled.numerics is not None and compiled.numerics.passed
+    assert compiled.notes["hand_kernels"] == ["bsr_conv2d"]
+    for inp in (x, torch.randn(batch, 16, 14, 14)):
+        np.testing.assert_allclose(compiled.run(inp).numpy(), model(inp).detach().numpy(),
+                                   rtol=1e-5, atol=1e-5)
