@@ -36,9 +36,14 @@ from .kernels.int8 import int8_linear_kernel, pack_int8
 __all__ = ["constant_bytes", "hand_kernels", "import_relax"]
 
 
-def _pair(values) -> tuple[int, int]:  # noqa: ANN001 - an int[2] argument of an FX node
-    """A conv's 2-D ``stride``/``padding``/``dilation`` argument as a pair of ints."""
-    first, second = values
+def _pair(values, default: int = 0) -> tuple[int, int]:  # noqa: ANN001 - an FX node argument
+    """A 2-D int argument of an FX node (a conv's ``stride``/``padding``/``dilation``, a pool's
+    window) as a pair of ints: an int or a one-element list applies to both dimensions, and an
+    argument left out (None or ``[]``) is ``default``."""
+    if values is None or (isinstance(values, list | tuple) and not values):
+        values = default
+    items = [values] * 2 if isinstance(values, int) else list(values)
+    first, second = items * 2 if len(items) == 1 else items
     return int(first), int(second)
 
 
@@ -112,15 +117,9 @@ def _pool_window(conv_node) -> tuple[tuple[int, int], object] | None:  # noqa: A
         return None
     args = list(pool.args) + [None] * (6 - len(pool.args))
     kernel, stride, padding, dilation, ceil_mode = args[1:6]
-
-    def pair(values, default: int) -> tuple[int, int]:  # noqa: ANN001
-        values = default if values is None or values == [] else values
-        values = [values] if isinstance(values, int) else list(values)
-        return (int(values[0]), int(values[-1]))
-
-    window = pair(kernel, 1)
-    if (pair(stride, 0) not in (window, (0, 0)) or pair(padding, 0) != (0, 0)
-            or pair(dilation, 1) != (1, 1) or bool(ceil_mode)):
+    window = _pair(kernel, 1)
+    if (_pair(stride) not in (window, (0, 0)) or _pair(padding) != (0, 0)
+            or _pair(dilation, 1) != (1, 1) or bool(ceil_mode)):
         return None
     if pool.target.__name__ == "max_pool2d_with_indices.default" and not all(
         user.target is operator.getitem and user.args[1] == 0 for user in pool.users
@@ -166,8 +165,9 @@ def _bsr_conv2d_converter(tensors: dict[str, torch.Tensor], pooled: set):  # noq
             pooled.add(fused[1])
         # the kernel's own block height (width 1), which need not be the pruning block's: the
         # packing is exact for any block, and short blocks skip the zeros inside tall ones
-        kernel_bh, rows = choose_conv_blocking(weight.reshape(o, k), geo)
-        packed = pack_bsr(weight.reshape(o, k), kernel_bh, 1, group=1)
+        matrix = weight.reshape(o, k)  # the (O, C*kh*kw) view the kernel multiplies
+        kernel_bh, rows = choose_conv_blocking(matrix, geo)
+        packed = pack_bsr(matrix, kernel_bh, 1, group=1)
         gv = bb.add_func(bsr_conv2d_kernel(geo, packed, relu, rows=rows), "bsr_conv2d")
         consts = (*conv_arrays(packed, geo), np.ones(o, dtype=np.float32),
                   bias.astype(np.float32))
