@@ -1,9 +1,12 @@
 """Training one task: the method's phases, each on the WSN schedule (docs/methods.md).
 
-A phase gets a fresh optimizer. After each epoch the validation loss decides: keep the best
-state; if it has not improved for ``patience`` epochs divide the lr by ``lr_factor``; stop when
-the lr falls below ``lr_min`` (or when the method's ``after_epoch`` says so). At the end of a
-phase its best state is restored. Works for any registered ``Method``.
+A phase gets a fresh optimizer. After each epoch the validation split decides: keep the best
+state (lowest validation loss, or highest accuracy with ``train.restore: val_acc``). With the
+default ``plateau`` schedule, if it has not improved for ``patience`` epochs the lr is divided by
+``lr_factor`` and training stops when the lr falls below ``lr_min``; the ``cosine`` schedule
+instead lowers the lr every step from ``lr`` to ``lr_min`` over the phase's epochs. A method's
+``after_epoch`` may stop a phase early. At the end of a phase its best state is restored. Works
+for any registered ``Method``.
 
 The recipe's ``train.plugins`` (pipeline.plugins) run inside the same loop through one set of
 hooks; every task reports what its training cost (examples seen, analytic backward FLOPs) in
@@ -30,7 +33,7 @@ from pipeline.progress import QUIET, Bars
 from pipeline.recipe import TrainConfig
 from pipeline.session import TrainReport
 
-__all__ = ["TrainReport", "compiled", "make_optimizer", "merge_groups", "train_task"]
+__all__ = ["TrainReport", "compiled", "cosine_lr", "make_optimizer", "merge_groups", "train_task"]
 
 _SYNC = 50  # steps between the host's reads of the loss (progress and the finite check)
 _COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., torch.Tensor]] = \
@@ -103,6 +106,11 @@ def train_task(method: Method, task: int, data: Task, cfg: TrainConfig,
                    epoch_seconds=per_epoch, stats=cost.stats() | plugins.stats())
 
 
+def cosine_lr(cfg: TrainConfig, progress: float) -> float:
+    """The lr of the cosine schedule at ``progress`` in [0, 1] of a phase: lr down to lr_min."""
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
 def _train_phase(method: Method, task: int, data: Task, cfg: TrainConfig, phase: Phase,
                  gen: torch.Generator, bars: Bars, dev: TrainDevice, plugins: TrainPlugins,
                  cost: TrainCost) -> TrainReport:
@@ -134,7 +142,7 @@ def _train_epochs(method: Method, task: int, data: Task, cfg: TrainConfig, phase
     max_epochs = cfg.epochs if phase.epochs is None else phase.epochs
     opt = make_optimizer(phase.param_groups, cfg)  # fresh per phase: no stale moments
     params = [p for g in phase.param_groups for p in g["params"]]
-    lr, best_loss, best_acc, best_epoch, wait = cfg.lr, math.inf, math.nan, -1, 0
+    lr, best_loss, best_acc, best_epoch, wait = cfg.lr, math.inf, -math.inf, -1, 0
     best_state = [p.detach().clone() for p in params]
     epoch, per_epoch = 0, []
     label = f"task {task} epochs" if phase.name == "train" else f"task {task} {phase.name}"
@@ -154,6 +162,10 @@ def _train_epochs(method: Method, task: int, data: Task, cfg: TrainConfig, phase
             finite = torch.ones((), dtype=torch.bool, device=on)
             with bars.bar(f"epoch {epoch}", steps) as bbar:
                 for step, i in enumerate(range(0, len(order), cfg.batch_size)):
+                    if cfg.schedule == "cosine":
+                        lr = cosine_lr(cfg, (epoch + step / steps) / max_epochs)
+                        for g in opt.param_groups:
+                            g["lr"] = lr
                     idx = order[i:i + cfg.batch_size]
                     with dev.autocast():
                         out = forward(data.train.x[idx], task)
@@ -179,10 +191,11 @@ def _train_epochs(method: Method, task: int, data: Task, cfg: TrainConfig, phase
             val_acc, val_loss = evaluate_live(model, task, data.val, cfg.eval_batch_size)
             per_epoch.append(time.perf_counter() - epoch_start)  # the val read synchronised
             bars.advance(ebar, info=f"val acc {val_acc:.2f}%")
-            if val_loss < best_loss:
+            better = val_loss < best_loss if cfg.restore == "val_loss" else val_acc > best_acc
+            if better:
                 best_loss, best_acc, best_epoch, wait = val_loss, val_acc, epoch, 0
                 best_state = [p.detach().clone() for p in params]
-            else:
+            elif cfg.schedule == "plateau":
                 wait += 1
                 if wait >= max(cfg.patience, 1):
                     lr, wait = lr / cfg.lr_factor, 0
@@ -196,5 +209,6 @@ def _train_epochs(method: Method, task: int, data: Task, cfg: TrainConfig, phase
     with torch.no_grad():
         for p, best in zip(params, best_state, strict=True):
             p.copy_(best)
+    best_acc = best_acc if best_epoch >= 0 else math.nan
     return TrainReport(epoch + 1, best_epoch, best_loss, best_acc, lr,
                        time.perf_counter() - start, per_epoch)

@@ -127,7 +127,7 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Per-task training with early stopping on validation loss (WSN schedule)."""
+    """Per-task training; by default WSN's schedule (plateau lr, best validation loss kept)."""
 
     optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
     lr: float = Field(default=1e-3, gt=0, le=10)
@@ -136,6 +136,15 @@ class TrainConfig(_Section):
                              description="lr is divided by this on a plateau")
     patience: int = Field(default=6, ge=0, le=MAX_EPOCHS)
     epochs: int = Field(default=5, ge=1, le=MAX_EPOCHS)
+    schedule: Literal["plateau", "cosine"] = Field(
+        default="plateau",
+        description="plateau: lr / lr_factor after `patience` epochs without a better "
+        "validation loss, stop below lr_min (WSN's); cosine: lr decays every step from lr to "
+        "lr_min over the phase's epochs (patience and lr_factor unused)")
+    restore: Literal["val_loss", "val_acc"] = Field(
+        default="val_loss",
+        description="which epoch's state a phase keeps: the lowest validation loss (WSN's) or "
+        "the highest validation accuracy (ties: the earlier epoch)")
     batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
     eval_batch_size: int = Field(
         default=256, ge=1, le=MAX_BATCH,
