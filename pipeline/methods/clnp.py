@@ -5,9 +5,10 @@ frozen) or *free*. Task t trains the whole network with cross-entropy plus an L1
 (``l1_on: activations``: the free units' post-ReLU outputs; ``weights``: the trainable links);
 links into active units get zero gradient, so the links from free into active units, which are
 0, stay 0. After training (best validation state restored) each unit's mean activation over the
-task's training data is measured, and a threshold theta = 0, Delta, 2 Delta, ... is raised: the
-task keeps the free units above theta, everything else is cut, and the threshold goes up while
-the validation accuracy of the cut network stays >= the uncut network's minus ``margin`` (the
+task's training data is measured, and a threshold theta is raised through the 0, Delta, 2 Delta,
+... quantiles of the free units' mean activations: the task keeps the free units above theta,
+everything else is cut, and the threshold goes up while the validation accuracy of the cut
+network stays >= the uncut network's minus ``margin`` (the
 paper's graceful forgetting; ``margin: 0`` prunes only what costs nothing on validation). The
 kept units join the active set; the links into them from active units are the task's own
 weights; links from free into active units are set to 0 and stay there; every link into a free
@@ -29,6 +30,7 @@ sweep here reads the validation split only.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
     from pipeline.data import Task
     from pipeline.store import PackedStore
 
-__all__ = ["CLNP", "link_mask"]
+__all__ = ["CLNP", "link_mask", "threshold_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,21 @@ _ACTIVE = "active/"  # state_dict keys: active/<layer>
 def link_mask(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """The links of a linear weight from the units ``cols`` into the units ``rows``."""
     return rows[:, None] & cols[None, :]
+
+
+def threshold_grid(acts: Mapping[str, torch.Tensor], active: Mapping[str, torch.Tensor],
+                   step: float, most: int) -> list[float]:
+    """The thresholds the sweep raises: the 0, step, 2 step, ... quantiles of the free units'
+    mean activations (all layers pooled; at most ``most``, ending at the largest). Quantiles,
+    not multiples of a fixed step, so the grid follows the activations' scale, which the L1
+    weight sets."""
+    free = torch.cat([acts[n][~a] for n, a in active.items()]).sort().values
+    if free.numel() == 0:
+        return []
+    last = free.numel() - 1
+    picks = sorted({min(round(j * step * free.numel()), last)
+                    for j in range(math.ceil(1 / step) + 1)})
+    return [float(free[k]) for k in picks[:most]]
 
 
 class CLNP(Method):
@@ -169,8 +186,8 @@ class CLNP(Method):
         every = {n: torch.ones_like(a) for n, a in self.active.items()}
         base = evaluate_snapshot(self.model, self._snapshot(task, every), task, data.val, bs)[0]
         chosen, acc_chosen, theta_chosen, tried = every, base, -1.0, 0
-        for j in range(self.cfg.max_thresholds):
-            theta = j * self.cfg.threshold_step
+        for theta in threshold_grid(acts, self.active, self.cfg.threshold_step,
+                                    self.cfg.max_thresholds):
             cand = {n: a | (acts[n] > theta) for n, a in self.active.items()}
             if all(torch.equal(cand[n], chosen[n]) for n in cand):
                 continue  # nothing new cut at this threshold

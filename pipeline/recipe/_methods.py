@@ -204,8 +204,10 @@ class CLNPMethod(MethodConfig):
         default=0.5, ge=0, le=100,
         description="m, points: pruning keeps validation accuracy >= unpruned - m (graceful "
         "forgetting); 0 prunes only what costs no validation accuracy")
-    threshold_step: float = Field(default=0.02, gt=0, le=100,
-                                  description="Delta: the activation threshold's step")
+    threshold_step: float = Field(
+        default=0.01, gt=0, le=1,
+        description="Delta: the threshold runs through the 0, Delta, 2 Delta, ... quantiles of "
+        "the free units' mean activations (a fraction of the free units per step)")
     max_thresholds: int = Field(default=500, ge=1, le=100_000,
                                 description="at most this many thresholds tried per task")
 

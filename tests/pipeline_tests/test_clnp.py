@@ -12,7 +12,7 @@ from pipeline.errors import PipelineError, RecipeError
 from pipeline.evaluation import snapshot_logits
 from pipeline.methods import CLNP, TaskMasks, build_method, task_snapshot
 from pipeline.methods._units import source_units
-from pipeline.methods.clnp import link_mask
+from pipeline.methods.clnp import link_mask, threshold_grid
 from pipeline.recipe import CLNPMethod, TrainConfig, recipe_from_dict
 from tests.pipeline_tests._tiny import learn_task, tiny_mlp, tiny_task
 
@@ -193,3 +193,21 @@ def test_no_validation_data_is_a_clear_error() -> None:
     method.begin_task(0, None, empty)
     with pytest.raises(PipelineError, match="no validation examples"):
         method.end_task(0)
+
+
+def test_threshold_grid_runs_through_the_free_units_quantiles() -> None:
+    gen = torch.Generator().manual_seed(0)
+    acts = {"a": torch.rand(40, generator=gen), "b": torch.rand(60, generator=gen) * 3}
+    active = {"a": torch.zeros(40, dtype=torch.bool), "b": torch.zeros(60, dtype=torch.bool)}
+    active["a"][:10] = True
+    free = torch.cat([acts["a"][10:], acts["b"]]).sort().values
+    grid = threshold_grid(acts, active, 0.1, 500)
+    assert grid == sorted(grid) and len(set(grid)) == len(grid)
+    assert grid[0] == float(free[0]) and grid[-1] == float(free[-1])
+    # each step cuts about a tenth of the 90 free units, whatever the scale
+    assert len(grid) == 11
+    scaled = threshold_grid({n: a * 1e-3 for n, a in acts.items()}, active, 0.1, 500)
+    assert scaled == pytest.approx([g * 1e-3 for g in grid])
+    assert threshold_grid(acts, active, 0.1, 3) == grid[:3]
+    every = {n: torch.ones_like(a) for n, a in active.items()}
+    assert threshold_grid(acts, every, 0.1, 500) == []
