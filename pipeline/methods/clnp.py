@@ -22,8 +22,9 @@ and after pruning.
 
 Deviations from the paper: MLPs only (no conv filters); layers have no bias (a unit's bias is
 what would make a cut unit non-zero); one threshold for all layers (the NISPA repository's
-baseline; the paper allows one per layer); one head per task instead of one masked output layer;
-taskpack's plateau lr schedule. Unlike that baseline, which picks the threshold on test data, the
+baseline; the paper allows one per layer); theta runs through quantiles of the free units'
+mean activations, not multiples of a fixed step; one head per task instead of one masked output
+layer; taskpack's lr schedule. Unlike that baseline, which picks the threshold on test data, the
 sweep here reads the validation split only.
 """
 
