@@ -1,4 +1,4 @@
-"""Training one task: the method's phases, each on the WSN schedule (docs/methods.md).
+"""Training one task: the method's phases, each on the recipe's schedule (docs/methods.md).
 
 A phase gets a fresh optimizer. After each epoch the validation split decides: keep the best
 state (lowest validation loss, or highest accuracy with ``train.restore: val_acc``). With the

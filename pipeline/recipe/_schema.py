@@ -139,7 +139,8 @@ class TrainConfig(_Section):
     schedule: Literal["plateau", "cosine"] = Field(
         default="plateau",
         description="plateau: lr / lr_factor after `patience` epochs without a better "
-        "validation loss, stop below lr_min (WSN's); cosine: lr decays every step from lr to "
+        "validation figure (the one `restore` keys on), stop below lr_min (WSN's); cosine: lr "
+        "decays every step from lr to "
         "lr_min over the phase's epochs (patience and lr_factor unused)")
     restore: Literal["val_loss", "val_acc"] = Field(
         default="val_loss",
