@@ -140,8 +140,8 @@ class TrainConfig(_Section):
         default="plateau",
         description="plateau: lr / lr_factor after `patience` epochs without a better "
         "validation figure (the one `restore` keys on), stop below lr_min (WSN's); cosine: lr "
-        "decays every step from lr to "
-        "lr_min over the phase's epochs (patience and lr_factor unused)")
+        "decays every step from lr to lr_min over the phase's epochs (patience and lr_factor "
+        "unused)")
     restore: Literal["val_loss", "val_acc"] = Field(
         default="val_loss",
         description="which epoch's state a phase keeps: the lowest validation loss (WSN's) or "
